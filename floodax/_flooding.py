@@ -1,0 +1,312 @@
+"""Flooding and individual flooding (iFlood), as loss transforms and in optax.
+
+Flooding trains on ``|L - b| + b`` instead of ``L``: above the flood level
+``b`` this is the ordinary loss, below it the gradient flips sign, so the
+training loss floats around ``b`` instead of being driven to zero.
+
+References:
+  Ishida, Yamane, Sakai, Niu and Sugiyama, "Do We Need Zero Training Loss
+  After Achieving Zero Training Error?", ICML 2020.
+  Xie, Wang, Liu, Zhang, Shi and Wang, "iFlood: A Stable and Effective
+  Regularizer", ICLR 2022.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from floodax._validation import (
+    SCHEDULE_FIX,
+    check_float_array,
+    check_scalar_hyperparam,
+    check_scalar_value,
+)
+
+_NO_SCHEDULE_FIX = (
+    "; a loss transform has no step count, so evaluate a schedule yourself: "
+    "`flood_level=schedule(step)`"
+)
+
+
+def _check_fixed_level(flood_level: Any) -> None:
+    if callable(flood_level):
+        raise TypeError(
+            "`flood_level` must be a number or a scalar array here, got a "
+            f"callable{_NO_SCHEDULE_FIX}, or use the optax transformation "
+            "`floodax.flood(schedule)`."
+        )
+    check_scalar_hyperparam("flood_level", flood_level)
+
+
+def _flood_elementwise(losses: jax.Array, flood_level: chex.Numeric) -> jax.Array:
+    level = jnp.asarray(flood_level, losses.dtype)
+    return jnp.abs(losses - level) + level
+
+
+def flooded(loss: chex.Array, flood_level: chex.Numeric) -> jax.Array:
+    r"""Floods a loss: ``|loss - b| + b``, elementwise.
+
+    .. math::
+
+      \tilde L = |L - b| + b, \qquad
+      \nabla \tilde L = \operatorname{sign}(L - b)\, \nabla L
+
+    Above the flood level ``b`` the flooded loss equals the loss and its
+    gradient is the ordinary one; below ``b`` the gradient is negated, so a
+    step of gradient descent becomes a step of ascent. At ``L == b`` the
+    gradient is that of descent (JAX differentiates ``|x|`` as ``+1`` at 0),
+    as in :func:`flood`.
+
+    The flood level is cast to the loss's dtype, so a ``bfloat16`` loss stays
+    ``bfloat16``. A NaN loss stays NaN.
+
+    Args:
+      loss: floating-point array of loss values, usually the scalar mean
+        mini-batch loss (flooding applies to the mean; see :func:`iflooded`
+        for the per-example form).
+      flood_level: the flood level ``b >= 0``, a Python number or a scalar
+        array. It may be traced, so it can be swept with ``jax.vmap`` or
+        changed between calls of a jitted function without recompiling.
+
+    Returns:
+      ``|loss - b| + b`` with the shape and dtype of ``loss``.
+
+    Raises:
+      TypeError: ``loss`` is not floating point, or ``flood_level`` is a
+        callable.
+      ValueError: ``flood_level`` is not a scalar, or is concretely
+        negative, NaN or infinite.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, floodax
+      >>> print(floodax.flooded(jnp.array([0.5, 0.1, 0.0]), flood_level=0.2))
+      [0.5 0.3 0.4]
+      >>> loss_fn = lambda w: floodax.flooded(jnp.sum(w ** 2), 0.2)
+      >>> print(jax.grad(loss_fn)(jnp.array([1.0])))  # loss 1.0 above b
+      [2.]
+      >>> print(jax.grad(loss_fn)(jnp.array([0.1])))  # loss 0.01 below b
+      [-0.2]
+
+    References:
+      Ishida, Yamane, Sakai, Niu and Sugiyama, "Do We Need Zero Training Loss
+      After Achieving Zero Training Error?", ICML 2020.
+    """
+    loss = check_float_array("loss", loss)
+    _check_fixed_level(flood_level)
+    return _flood_elementwise(loss, flood_level)
+
+
+def iflooded(
+    losses: chex.Array,
+    flood_level: chex.Numeric,
+    *,
+    where: chex.Array | None = None,
+) -> jax.Array:
+    r"""Individual flooding (iFlood): the mean of per-example flooded losses.
+
+    .. math::
+
+      \tilde L = \frac{1}{n} \sum_{i=1}^n \big(|\ell_i - b| + b\big), \qquad
+      \nabla \tilde L = \frac{1}{n} \sum_i \operatorname{sign}(\ell_i - b)\,
+      \nabla \ell_i
+
+    Unlike :func:`flooded`, which flips the whole mini-batch gradient when the
+    mean loss falls below ``b``, iFlood flips only the examples that are
+    already fitted below ``b``, and keeps descending on the others.
+
+    Args:
+      losses: floating-point array of per-example losses; every element is
+        one example (for token-level losses of shape ``(batch, length)``,
+        every token).
+      flood_level: the flood level ``b >= 0``, a number or a (possibly
+        traced) scalar array.
+      where: optional boolean mask broadcastable to ``losses``; ``False``
+        entries (padding) are left out of the mean. A batch with every entry
+        masked has no mean and gives NaN, as ``jnp.mean`` does.
+
+    Returns:
+      A scalar of the dtype of ``losses``.
+
+    Raises:
+      TypeError: ``losses`` is not floating point, ``where`` is not boolean,
+        or ``flood_level`` is a callable.
+      ValueError: ``where`` does not broadcast to ``losses``, or
+        ``flood_level`` is not a scalar, or concretely negative, NaN or
+        infinite.
+
+    Examples:
+      >>> import jax.numpy as jnp, floodax
+      >>> losses = jnp.array([0.9, 0.1, 0.3, 0.7])
+      >>> print(floodax.iflooded(losses, flood_level=0.2))
+      0.55
+      >>> print(floodax.iflooded(losses, 0.2, where=jnp.array([1, 1, 1, 0]) > 0))
+      0.5
+
+    References:
+      Xie, Wang, Liu, Zhang, Shi and Wang, "iFlood: A Stable and Effective
+      Regularizer", ICLR 2022.
+    """
+    losses = check_float_array("losses", losses)
+    _check_fixed_level(flood_level)
+    if where is not None:
+        where = jnp.asarray(where)
+        if where.dtype != jnp.bool_:
+            raise TypeError(
+                f"`where` must be a boolean mask, got dtype {where.dtype}. "
+                "Pass e.g. `where=mask > 0`."
+            )
+        try:
+            shape = jnp.broadcast_shapes(where.shape, losses.shape)
+        except ValueError:
+            shape = None
+        if shape != losses.shape:
+            raise ValueError(
+                f"`where` of shape {where.shape} does not broadcast to "
+                f"`losses` of shape {losses.shape}; pass one flag per example."
+            )
+    return jnp.mean(_flood_elementwise(losses, flood_level), where=where)
+
+
+class FloodState(NamedTuple):
+    """State of :func:`flood`.
+
+    Attributes:
+      count: int32 scalar, the number of ``update`` calls so far (the step
+        count a ``flood_level`` schedule is evaluated at).
+      ascent_count: int32 scalar, how many of those calls ascended (loss
+        below the flood level). ``ascent_count / count`` is the share of
+        steps spent below the flood level.
+    """
+
+    count: jax.Array
+    ascent_count: jax.Array
+
+
+def flood(
+    flood_level: optax.ScalarOrSchedule,
+    *,
+    axis_name: str | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Flooding as an optax transformation: negates the updates below ``b``.
+
+    The gradient of the flooded loss ``|L - b| + b`` is
+    ``sign(L - b)·∇L``. Given the raw gradient ``∇L`` and the mini-batch loss
+    ``L`` as ``value``, this transformation returns the updates unchanged
+    while ``value >= b`` and negated while ``value < b``, so
+
+    ``optax.chain(floodax.flood(b), optax.adam(lr))`` fed ``∇L``
+
+    takes exactly the steps of ``optax.adam(lr)`` fed the gradient of
+    :func:`flooded` ``(L, b)``.
+
+    **It must come first in a chain**, where the updates are still the raw
+    gradient: the sign is only meaningful before an optimizer's moments or
+    scaling have been applied.
+
+    The comparison is made in the dtype of ``value`` (the flood level is cast
+    to it). A NaN ``value`` gives NaN updates: the step is neither silently
+    descent nor ascent, it is visibly broken; it does not count as an ascent.
+    To skip such steps, put ``optax.apply_if_finite`` after ``flood``:
+    ``optax.chain(floodax.flood(b), optax.apply_if_finite(optax.adam(lr), 5))``.
+
+    With ``axis_name``, the decision uses the mean of ``value`` over that
+    mapped axis (``shard_map``, ``pmap`` or a named ``vmap``), so every device
+    flips together, as one device would on the whole batch. Under plain
+    ``jax.jit`` with a sharded batch the loss is already global: leave
+    ``axis_name`` unset.
+
+    Inside ``optax.MultiSteps`` the decision is made on the ``value`` passed
+    with the call that applies the accumulated gradient; pass the mean loss
+    of the accumulated micro-batches there to flood the large batch.
+
+    Args:
+      flood_level: the flood level ``b >= 0``: a number, a (possibly traced)
+        scalar array, or an optax schedule, a callable of the step count
+        ``FloodState.count``. Works under ``optax.inject_hyperparams``.
+      axis_name: optional name of a mapped axis over which to average
+        ``value`` before comparing it with ``b``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes the
+      mini-batch loss as the keyword argument ``value`` and ignores other
+      extra keyword arguments.
+
+    Raises:
+      ValueError: ``flood_level`` is not a scalar or is concretely negative,
+        NaN or infinite (at construction); ``value`` is not a scalar (at
+        ``update``).
+      TypeError: ``update`` is called without ``value``, or with a ``value``
+        that is not floating point.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax, floodax
+      >>> loss_fn = lambda p: jnp.sum(p ** 2)
+      >>> tx = optax.chain(floodax.flood(flood_level=1.0), optax.sgd(0.1))
+      >>> params = jnp.array([1.0, -2.0])
+      >>> state = tx.init(params)
+      >>> for _ in range(6):
+      ...   loss, grads = jax.value_and_grad(loss_fn)(params)
+      ...   updates, state = tx.update(grads, state, params, value=loss)
+      ...   params = optax.apply_updates(params, updates)
+      ...   print(f"{loss:.3f}", end=" ")
+      5.000 3.200 2.048 1.311 0.839 1.208
+      >>> flood_state = state[0]
+      >>> print(flood_state.ascent_count, "of", flood_state.count, "steps ascended")
+      1 of 6 steps ascended
+
+    References:
+      Ishida, Yamane, Sakai, Niu and Sugiyama, "Do We Need Zero Training Loss
+      After Achieving Zero Training Error?", ICML 2020.
+    """
+    check_scalar_hyperparam("flood_level", flood_level)
+
+    def init_fn(params: optax.Params) -> FloodState:
+        del params
+        zero = jnp.zeros([], jnp.int32)
+        return FloodState(count=zero, ascent_count=zero)
+
+    def update_fn(
+        updates: optax.Updates,
+        state: FloodState,
+        params: optax.Params | None = None,
+        *,
+        value: chex.Array | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, FloodState]:
+        del params, extra_args
+        if value is None:
+            raise TypeError(
+                "floodax.flood needs the mini-batch loss: call "
+                "`tx.update(grads, state, params, value=loss)` (with Flax NNX, "
+                "`optimizer.update(model, grads, value=loss)`)."
+            )
+        value = check_scalar_value("value", value)
+        if axis_name is not None:
+            value = jax.lax.pmean(value, axis_name)
+        if callable(flood_level):
+            level = flood_level(state.count)
+            check_scalar_hyperparam("flood_level", level, fix=SCHEDULE_FIX)
+        else:
+            level = flood_level
+        ascend = value < jnp.asarray(level, value.dtype)
+        is_nan = jnp.isnan(value)
+
+        def flip(u: jax.Array) -> jax.Array:
+            return jnp.where(is_nan, jnp.nan, jnp.where(ascend, -u, u)).astype(
+                u.dtype
+            )
+
+        new_state = FloodState(
+            count=optax.safe_increment(state.count),
+            ascent_count=jnp.where(
+                ascend, optax.safe_increment(state.ascent_count), state.ascent_count
+            ),
+        )
+        return jax.tree.map(flip, updates), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
