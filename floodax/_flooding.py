@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from floodax import _schedules as schedules
 from floodax._validation import (
-    SCHEDULE_FIX,
     check_float_array,
     check_scalar_hyperparam,
     check_scalar_value,
@@ -288,18 +288,12 @@ def flood(
         value = check_scalar_value("value", value)
         if axis_name is not None:
             value = jax.lax.pmean(value, axis_name)
-        if callable(flood_level):
-            level = flood_level(state.count)
-            check_scalar_hyperparam("flood_level", level, fix=SCHEDULE_FIX)
-        else:
-            level = flood_level
+        level = schedules.evaluate("flood_level", flood_level, state.count)
         ascend = value < jnp.asarray(level, value.dtype)
         is_nan = jnp.isnan(value)
 
         def flip(u: jax.Array) -> jax.Array:
-            return jnp.where(is_nan, jnp.nan, jnp.where(ascend, -u, u)).astype(
-                u.dtype
-            )
+            return jnp.where(is_nan, jnp.nan, jnp.where(ascend, -u, u)).astype(u.dtype)
 
         new_state = FloodState(
             count=optax.safe_increment(state.count),

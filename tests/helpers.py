@@ -10,7 +10,7 @@ import numpy as np
 def assert_trees_allclose(actual, desired, *, rtol=1e-12, atol=0.0):
     """Asserts two pytrees have the same structure, dtypes and close leaves."""
     assert jax.tree.structure(actual) == jax.tree.structure(desired)
-    for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired)):
+    for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired), strict=True):
         assert jnp.asarray(a).dtype == jnp.asarray(d).dtype
         np.testing.assert_allclose(
             np.asarray(a, np.float64), np.asarray(d, np.float64), rtol=rtol, atol=atol
@@ -42,7 +42,11 @@ def regression_data(key, n=16, n_in=3, dtype=jnp.float64):
     """A smooth regression target the MLP can fit."""
     kx, kn = jax.random.split(key)
     x = jax.random.normal(kx, (n, n_in), dtype)
-    y = jnp.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2] + 0.1 * jax.random.normal(kn, (n,), dtype)
+    y = (
+        jnp.sin(x[:, 0])
+        + 0.5 * x[:, 1] * x[:, 2]
+        + 0.1 * jax.random.normal(kn, (n,), dtype)
+    )
     return x, y
 
 

@@ -188,7 +188,7 @@ def test_flood_update_rejects_non_scalar_and_integer_value():
 def test_flood_schedule_with_bad_output_shape():
     tx = floodax.flood(lambda count: jnp.full((2,), 0.1))
     params = jnp.ones(2)
-    with pytest.raises(ValueError, match="`flood_level` must be a scalar.*schedule"):
+    with pytest.raises(ValueError, match=r"`flood_level` must be a scalar.*schedule"):
         tx.update(params, tx.init(params), params, value=jnp.float32(1.0))
 
 
@@ -253,7 +253,9 @@ def _train(tx, params, x, y, steps, *, grad_loss):
     return history, np.array(losses), state
 
 
-@pytest.mark.parametrize("make_opt", [lambda: optax.adam(0.05), lambda: optax.sgd(0.2, momentum=0.9)])
+@pytest.mark.parametrize(
+    "make_opt", [lambda: optax.adam(0.05), lambda: optax.sgd(0.2, momentum=0.9)]
+)
 def test_flood_chain_trains_like_flooded_loss(mlp, make_opt):
     params, x, y = mlp
     b = 0.15
@@ -262,14 +264,20 @@ def test_flood_chain_trains_like_flooded_loss(mlp, make_opt):
     def flooded_loss(p):
         return floodax.flooded(loss_fn(p), b)
 
-    ref_hist, ref_losses, _ = _train(make_opt(), params, x, y, 80, grad_loss=flooded_loss)
+    ref_hist, _ref_losses, _ = _train(
+        make_opt(), params, x, y, 80, grad_loss=flooded_loss
+    )
     tx = optax.chain(floodax.flood(b), make_opt())
     hist, losses, state = _train(tx, params, x, y, 80, grad_loss=loss_fn)
-    for p, q in zip(hist, ref_hist):
+    for p, q in zip(hist, ref_hist, strict=True):
         assert_trees_allclose(p, q)
     below = losses < b
     # The run crosses the level downwards and back up again.
-    assert below.any() and (~below[1:] & below[:-1]).any() and (below[1:] & ~below[:-1]).any()
+    assert (
+        below.any()
+        and (~below[1:] & below[:-1]).any()
+        and (below[1:] & ~below[:-1]).any()
+    )
     assert int(state[0].ascent_count) == int(below.sum())
     assert int(state[0].count) == 80
 
@@ -286,9 +294,9 @@ def test_flood_schedule_matches_flooded_with_evaluated_schedule(mlp):
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, state = tx.update(grads, state, params, value=loss)
         params = optax.apply_updates(params, updates)
-        ref_grads = jax.grad(lambda p, s=step: floodax.flooded(loss_fn(p), schedule(s)))(
-            ref_params
-        )
+        ref_grads = jax.grad(
+            lambda p, s=step: floodax.flooded(loss_fn(p), schedule(s))
+        )(ref_params)
         ascents += int(loss_fn(ref_params) < schedule(step))
         ref_updates, ref_state = ref.update(ref_grads, ref_state, ref_params)
         ref_params = optax.apply_updates(ref_params, ref_updates)
@@ -300,7 +308,9 @@ def test_flood_schedule_matches_flooded_with_evaluated_schedule(mlp):
 def test_flood_accepts_unknown_extra_args():
     tx = floodax.flood(0.5)
     grads = jnp.ones(3)
-    up, _ = tx.update(grads, tx.init(grads), value=jnp.float32(0.1), value_fn=None, foo=1)
+    up, _ = tx.update(
+        grads, tx.init(grads), value=jnp.float32(0.1), value_fn=None, foo=1
+    )
     np.testing.assert_array_equal(up, -np.ones(3))
 
 
@@ -352,7 +362,12 @@ def test_inject_hyperparams_identical_and_no_recompile():
         lambda p, s: injected.update(jax.grad(loss_fn)(p), s, p, value=loss_fn(p))
     )
     step = jax.jit(fn)
-    s_inj, s_plain, p_inj, p_plain = injected.init(params), plain.init(params), params, params
+    s_inj, s_plain, p_inj, p_plain = (
+        injected.init(params),
+        plain.init(params),
+        params,
+        params,
+    )
     for _ in range(12):
         u, s_inj = step(p_inj, s_inj)
         p_inj = optax.apply_updates(p_inj, u)
@@ -383,7 +398,12 @@ def test_flood_works_inside_multisteps(mlp):
         accumulator_dtype=jnp.float64,  # optax accumulates in float32 by default
     )
     full = optax.adam(0.05)
-    ms_state, full_state, p_ms, p_full = ms.init(params), full.init(params), params, params
+    ms_state, full_state, p_ms, p_full = (
+        ms.init(params),
+        full.init(params),
+        params,
+        params,
+    )
     halves = [(x[:8], y[:8]), (x[8:], y[8:])]
     flipped = 0
     for _ in range(30):
@@ -420,7 +440,9 @@ def test_vmap_over_flood_level_in_training_equals_loop(mlp):
     batched = jax.jit(jax.vmap(run))(levels)
     for i, b in enumerate(levels):
         single = run(b)
-        assert_trees_allclose(jax.tree.map(lambda v, i=i: v[i], batched), single, rtol=1e-10)
+        assert_trees_allclose(
+            jax.tree.map(lambda v, i=i: v[i], batched), single, rtol=1e-10
+        )
     ascents = np.asarray(batched[1])
     assert ascents[0] == 0 and ascents[-1] > 0
 
@@ -439,7 +461,9 @@ def test_flood_in_scan_floats_around_the_level(x64):
         u, s = tx.update(grads, s, p, value=loss)
         return (optax.apply_updates(p, u), s), loss
 
-    (_, state), losses = jax.lax.scan(body, (jnp.zeros(3), tx.init(jnp.zeros(3))), length=400)
+    (_, state), losses = jax.lax.scan(
+        body, (jnp.zeros(3), tx.init(jnp.zeros(3))), length=400
+    )
     tail = np.asarray(losses[-100:])
     assert tail.min() > 0.3 and tail.max() < 0.75
     share = int(state[0].ascent_count) / int(state[0].count)
@@ -455,10 +479,14 @@ def test_axis_name_takes_the_decision_on_the_mean_loss():
     def per_device(tx, g, v):
         return tx.update(g, tx.init(g), value=v)[0]
 
-    synced = jax.vmap(functools.partial(per_device, floodax.flood(0.25, axis_name="d")), axis_name="d")
+    synced = jax.vmap(
+        functools.partial(per_device, floodax.flood(0.25, axis_name="d")), axis_name="d"
+    )
     np.testing.assert_array_equal(synced(grads, values), grads)
     unsynced = jax.vmap(functools.partial(per_device, floodax.flood(0.25)))
-    np.testing.assert_array_equal(unsynced(grads, values), np.array([[-1.0, -2.0], [3.0, 4.0]]))
+    np.testing.assert_array_equal(
+        unsynced(grads, values), np.array([[-1.0, -2.0], [3.0, 4.0]])
+    )
 
 
 def test_traced_flood_level_inside_jit():
@@ -468,5 +496,9 @@ def test_traced_flood_level_inside_jit():
         return tx.update(grads, tx.init(grads), value=value)[0]
 
     grads = jnp.ones(2)
-    np.testing.assert_array_equal(step(jnp.float32(0.5), grads, jnp.float32(0.3)), -grads)
-    np.testing.assert_array_equal(step(jnp.float32(0.2), grads, jnp.float32(0.3)), grads)
+    np.testing.assert_array_equal(
+        step(jnp.float32(0.5), grads, jnp.float32(0.3)), -grads
+    )
+    np.testing.assert_array_equal(
+        step(jnp.float32(0.2), grads, jnp.float32(0.3)), grads
+    )
