@@ -44,9 +44,7 @@ def check_scalar_hyperparam(
     if not (
         jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
     ) or jnp.issubdtype(dtype, jnp.bool_):
-        raise TypeError(
-            f"`{name}` must be a real number, got dtype {dtype}{fix}."
-        )
+        raise TypeError(f"`{name}` must be a real number, got dtype {dtype}{fix}.")
     if _is_traced(value):
         return
     number = float(np.asarray(value))
@@ -83,3 +81,58 @@ def check_scalar_value(name: str, value: Any) -> jax.Array:
             f"`{name}=losses.mean()`."
         )
     return array
+
+
+def require_params(params: Any, transform: str) -> None:
+    """Raises a ``TypeError`` when ``update`` was called without ``params``."""
+    if params is None:
+        raise TypeError(
+            f"{transform} needs the current parameters: call "
+            "`tx.update(grads, state, params, ...)`."
+        )
+
+
+def check_rate_order(descent_rate: Any, ascent_rate: Any, *, strict: bool) -> None:
+    """Raises when concrete rates break ``descent_rate > ascent_rate``.
+
+    With ``strict=False`` equal rates (flooding's pair) are allowed.
+    """
+    if callable(descent_rate) or callable(ascent_rate):
+        return
+    if _is_traced(descent_rate) or _is_traced(ascent_rate):
+        return
+    descent, ascent = float(np.asarray(descent_rate)), float(np.asarray(ascent_rate))
+    if descent > ascent or (not strict and descent == ascent):
+        return
+    if strict:
+        raise ValueError(
+            f"`descent_rate` ({descent}) must exceed `ascent_rate` ({ascent}): "
+            "the equivalent penalty ε1·ε2/(2(ε1 − ε2)) is defined only for "
+            "ε1 > ε2. For equal rates (flooding at its level) the loss term "
+            "vanishes and the pair is a step of ε²/2 on ‖∇L‖² alone: use "
+            "`floodax.flooding_penalty_rate(rate)`."
+        )
+    raise ValueError(
+        f"`descent_rate` ({descent}) must be at least `ascent_rate` ({ascent}): "
+        "otherwise every pair of steps ascends on net and training diverges. "
+        "Swap the two rates, or use `ascent_first=True` for Kaldi's backstitch "
+        "order."
+    )
+
+
+def check_interval(interval: Any) -> None:
+    """Raises unless ``interval`` is a (possibly traced) integer ``>= 1``."""
+    fix = (
+        ": `interval=1` alternates on every step, `interval=n` takes one pair "
+        "then n - 1 plain descent steps"
+    )
+    dtype = jnp.result_type(interval) if not callable(interval) else None
+    if (
+        isinstance(interval, bool)
+        or dtype is None
+        or not jnp.issubdtype(dtype, jnp.integer)
+        or np.shape(interval) != ()
+    ):
+        raise ValueError(f"`interval` must be an integer >= 1, got {interval!r}{fix}.")
+    if not _is_traced(interval) and int(np.asarray(interval)) < 1:
+        raise ValueError(f"`interval` must be an integer >= 1, got {interval!r}{fix}.")

@@ -1,0 +1,197 @@
+"""The alternating ε1/ε2 scheme and Kaldi's backstitch, as optax transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from floodax import _schedules as schedules
+from floodax._validation import (
+    check_interval,
+    check_rate_order,
+    check_scalar_hyperparam,
+    require_params,
+)
+
+
+class AlternateState(NamedTuple):
+    """State of :func:`alternate`.
+
+    Attributes:
+      count: int32 scalar, the number of ``update`` calls so far.
+    """
+
+    count: jax.Array
+
+
+def _scale(tree: optax.Updates, factor: chex.Numeric) -> optax.Updates:
+    return jax.tree.map(lambda u: u * jnp.asarray(factor, u.dtype), tree)
+
+
+def alternate(
+    descent_rate: optax.ScalarOrSchedule,
+    ascent_rate: optax.ScalarOrSchedule,
+    *,
+    ascent_first: bool = False,
+    interval: int = 1,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Alternating descent and ascent: ``-ε1·u`` and ``+ε2·u`` in turn.
+
+    The final scaling of a chain, where ``optax.scale(-lr)`` would go. A pair
+    of steps, descent with rate ``ε1`` then ascent with rate ``ε2 < ε1``,
+    moves the parameters to second order like one step of rate ``ε1 − ε2``
+    on ``L + ε1·ε2/(2(ε1 − ε2))·‖∇L‖²`` (see :func:`equivalent_penalty`):
+    an implicit gradient-norm penalty at the cost of plain SGD.
+
+    **Across calls** (the default), each call is one mini-batch: the first
+    call of a pair returns ``-ε1·u`` and the second ``+ε2·u``.
+
+    **Within one call**, when the loss function of the parameters is passed
+    as ``value_fn``, the call takes both steps on the same mini-batch: the
+    first with the incoming ``u``, the second with the gradient of
+    ``value_fn`` recomputed at the intermediate point, and returns their
+    combined update. With ``ascent_first=True`` this is Kaldi's backstitch
+    (ascent ``+ε2·g(θ)``, then descent ``-ε1·g(θ + ε2·g(θ))``; Kaldi writes
+    ``ε2 = α·lr`` and ``ε1 = (1 + α)·lr``). The recomputed gradient is the
+    raw gradient of ``value_fn``: use this form with ``alternate`` alone or
+    after transforms that leave the gradient as it is, since the chain's
+    earlier transforms cannot be rerun at the intermediate point.
+
+    With ``interval=n``, a pair is followed by ``n - 1`` plain descent steps
+    of rate ``ε1 − ε2`` (the pair's net rate, Kaldi's ``lr``), as in Kaldi's
+    ``backstitch_training_interval``. A cycle is one pair plus those steps;
+    rates given as schedules are evaluated at the cycle index (the pair
+    index when ``interval=1``). Do not mix calls with and without
+    ``value_fn`` on one state: the two forms count cycles differently
+    (``n + 1`` calls a cycle across calls, ``n`` within).
+
+    Args:
+      descent_rate: ``ε1 >= 0``, a number, scalar array or schedule of the
+        cycle index.
+      ascent_rate: ``ε2 >= 0``, likewise; concrete rates must satisfy
+        ``ε1 >= ε2`` (``ε1 == ε2`` is flooding's pair at its level).
+      ascent_first: take the ascent step first (Kaldi's backstitch order).
+      interval: an integer ``n >= 1`` (a Python int or an integer array,
+        so ``optax.inject_hyperparams`` may change it): one pair, then
+        ``n - 1`` plain descent steps.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; ``update`` accepts
+      ``value_fn`` (optional) and ignores other extra keyword arguments.
+
+    Raises:
+      ValueError: a concrete rate is negative, NaN or infinite; concrete
+        ``ε1 < ε2``; ``interval`` is not a positive integer.
+      TypeError: ``value_fn`` is given without ``params``.
+
+    Examples:
+      Alternating SGD on ``L(θ) = θ²``, whose gradient is ``2θ``:
+
+      >>> import jax.numpy as jnp, optax, floodax
+      >>> tx = floodax.alternate(descent_rate=0.25, ascent_rate=0.05)
+      >>> params = jnp.array([1.0])
+      >>> state = tx.init(params)
+      >>> for _ in range(4):
+      ...   updates, state = tx.update(2 * params, state)
+      ...   params = optax.apply_updates(params, updates)
+      ...   print(params)
+      [0.5]
+      [0.55]
+      [0.275]
+      [0.3025]
+
+      After a preconditioner, and Kaldi's backstitch within one call:
+
+      >>> adam_like = optax.chain(optax.scale_by_adam(), floodax.alternate(1e-3, 1e-4))
+      >>> backstitch = floodax.alternate(0.3, 0.1, ascent_first=True)
+      >>> loss_fn = lambda p: jnp.sum(p ** 2)
+      >>> params = jnp.array([1.0])
+      >>> updates, _ = backstitch.update(
+      ...     2 * params, backstitch.init(params), params, value_fn=loss_fn)
+      >>> print(params + updates)  # 1 + 0.1·2 = 1.2, then 1.2 − 0.3·2.4
+      [0.48]
+
+    References:
+      Wang, Peddinti, Povey and Khudanpur, "Backstitch: Counteracting
+      Finite-sample Bias via Negative Steps", Interspeech 2017.
+      Ishida, Yamane, Sakai, Niu and Sugiyama, "Do We Need Zero Training Loss
+      After Achieving Zero Training Error?", ICML 2020.
+    """
+    check_scalar_hyperparam("descent_rate", descent_rate)
+    check_scalar_hyperparam("ascent_rate", ascent_rate)
+    check_rate_order(descent_rate, ascent_rate, strict=False)
+    check_interval(interval)
+
+    def rates(cycle: jax.Array) -> tuple[Any, Any]:
+        return (
+            schedules.evaluate("descent_rate", descent_rate, cycle),
+            schedules.evaluate("ascent_rate", ascent_rate, cycle),
+        )
+
+    def first_and_second(eps1: Any, eps2: Any) -> tuple[Any, Any]:
+        """Signed rates of the pair's first and second step."""
+        if ascent_first:
+            return eps2, -eps1
+        return -eps1, eps2
+
+    def init_fn(params: optax.Params) -> AlternateState:
+        del params
+        return AlternateState(count=jnp.zeros([], jnp.int32))
+
+    def across_calls(updates: optax.Updates, count: jax.Array) -> optax.Updates:
+        position, cycle = count % (interval + 1), count // (interval + 1)
+        eps1, eps2 = rates(cycle)
+        first, second = first_and_second(eps1, eps2)
+        factor = jnp.where(
+            position == 0,
+            first,
+            jnp.where(position == 1, second, -(jnp.asarray(eps1) - eps2)),
+        )
+        return _scale(updates, factor)
+
+    def within_call(
+        updates: optax.Updates,
+        count: jax.Array,
+        params: optax.Params,
+        value_fn: Callable[[optax.Params], chex.Numeric],
+    ) -> optax.Updates:
+        eps1, eps2 = rates(count // interval)
+        first, second = first_and_second(eps1, eps2)
+
+        def pair(updates: optax.Updates) -> optax.Updates:
+            step = _scale(updates, first)
+            middle = optax.apply_updates(params, step)
+            grads = jax.grad(value_fn)(middle)
+            return jax.tree.map(
+                lambda s, g: (s + jnp.asarray(second, g.dtype) * g).astype(s.dtype),
+                step,
+                grads,
+            )
+
+        def plain(updates: optax.Updates) -> optax.Updates:
+            return _scale(updates, -(jnp.asarray(eps1) - eps2))
+
+        return jax.lax.cond(count % interval == 0, pair, plain, updates)
+
+    def update_fn(
+        updates: optax.Updates,
+        state: AlternateState,
+        params: optax.Params | None = None,
+        *,
+        value_fn: Callable[[optax.Params], chex.Numeric] | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, AlternateState]:
+        del extra_args
+        if value_fn is None:
+            new_updates = across_calls(updates, state.count)
+        else:
+            require_params(params, "floodax.alternate with `value_fn`")
+            new_updates = within_call(updates, state.count, params, value_fn)
+        return new_updates, AlternateState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

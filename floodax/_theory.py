@@ -1,0 +1,294 @@
+r"""The second-order link between alternating steps and the gradient penalty.
+
+Two steps on the same loss, descent with rate ε1 then ascent with rate ε2
+(or in the other order), expand to
+
+.. math::
+
+  \theta_2 = \theta_0 - (\varepsilon_1 - \varepsilon_2)\, g
+             - \varepsilon_1 \varepsilon_2\, H g + O(\varepsilon^3)
+           = \theta_0 - (\varepsilon_1 - \varepsilon_2)\, \nabla\Big[L
+             + \frac{\varepsilon_1 \varepsilon_2}{2(\varepsilon_1 -
+             \varepsilon_2)} \|\nabla L\|^2\Big] + O(\varepsilon^3),
+
+since ``∇‖∇L‖² = 2Hg``. With ``ε1 = ε2 = ε`` (flooding at its level) the loss
+term cancels and the pair is a step of ``ε²/2`` on ``‖∇L‖²`` alone. This
+module computes both forms and measures their errors on a real model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from floodax._alternate import alternate
+from floodax._penalty import squared_norm
+from floodax._validation import check_rate_order, check_scalar_hyperparam
+
+
+class EquivalentPenalty(NamedTuple):
+    """The single step a pair of alternating steps approximates.
+
+    Attributes:
+      learning_rate: ``ε1 − ε2``.
+      strength: ``λ = ε1·ε2 / (2(ε1 − ε2))``, the weight of ``‖∇L‖²``.
+    """
+
+    learning_rate: Any
+    strength: Any
+
+
+def _check_rates(descent_rate: Any, ascent_rate: Any, *, strict: bool) -> None:
+    for name, rate in (("descent_rate", descent_rate), ("ascent_rate", ascent_rate)):
+        if callable(rate):
+            raise TypeError(f"`{name}` must be a number here, not a schedule.")
+        check_scalar_hyperparam(name, rate)
+    check_rate_order(descent_rate, ascent_rate, strict=strict)
+
+
+def equivalent_penalty(
+    descent_rate: chex.Numeric, ascent_rate: chex.Numeric
+) -> EquivalentPenalty:
+    r"""The learning rate and penalty strength equivalent to an ε1/ε2 pair.
+
+    A descent step of rate ``ε1`` and an ascent step of rate ``ε2 < ε1``
+    equal, up to ``O(ε³)``, one step of rate ``ε1 − ε2`` on
+    ``L + λ‖∇L‖²`` with ``λ = ε1·ε2 / (2(ε1 − ε2))``.
+
+    Args:
+      descent_rate: ``ε1 > ascent_rate``.
+      ascent_rate: ``ε2 >= 0``.
+
+    Returns:
+      :class:`EquivalentPenalty` ``(learning_rate, strength)``.
+
+    Raises:
+      ValueError: ``ε1 <= ε2`` (for ``ε1 == ε2`` use
+        :func:`flooding_penalty_rate`), or a negative or non-finite rate.
+
+    Examples:
+      >>> import floodax
+      >>> lr, strength = floodax.equivalent_penalty(0.3, 0.1)
+      >>> print(f"{lr:.2f} {strength:.4f}")  # 0.3·0.1 / (2·0.2)
+      0.20 0.0750
+    """
+    _check_rates(descent_rate, ascent_rate, strict=True)
+    learning_rate = descent_rate - ascent_rate
+    return EquivalentPenalty(
+        learning_rate=learning_rate,
+        strength=descent_rate * ascent_rate / (2 * learning_rate),
+    )
+
+
+def flooding_penalty_rate(rate: chex.Numeric) -> Any:
+    r"""Flooding's pair (``ε1 = ε2 = ε``) as a step on ``‖∇L‖²`` alone.
+
+    At the flood level, flooding alternates descent and ascent with the same
+    rate ``ε``; the loss term of :func:`equivalent_penalty` cancels and the
+    pair is, up to ``O(ε³)``, the step ``θ − (ε²/2)·∇‖∇L‖²``, in either
+    order.
+
+    Args:
+      rate: ``ε >= 0``.
+
+    Returns:
+      ``ε²/2``, the rate of that step.
+
+    Examples:
+      >>> import floodax
+      >>> print(floodax.flooding_penalty_rate(0.1))
+      0.005000000000000001
+    """
+    _check_rates(rate, rate, strict=False)
+    return rate * rate / 2
+
+
+class EquivalenceReport(NamedTuple):
+    """What :func:`check_equivalence` measured.
+
+    Attributes:
+      two_steps: the parameters after the two real steps (full batch).
+      predicted: after the one step the derivation predicts.
+      first_order: after the first-order guess ``θ − (ε1 − ε2)·∇L``
+        (``θ`` itself for equal rates).
+      derivation_error: ``‖two_steps − predicted‖``, ``O(ε³)``.
+      first_order_error: ``‖two_steps − first_order‖``, ``O(ε²)``.
+    """
+
+    two_steps: chex.ArrayTree
+    predicted: chex.ArrayTree
+    first_order: chex.ArrayTree
+    derivation_error: jax.Array
+    first_order_error: jax.Array
+
+
+def _distance(a: chex.ArrayTree, b: chex.ArrayTree) -> jax.Array:
+    return jnp.sqrt(squared_norm(jax.tree.map(jnp.subtract, a, b)))
+
+
+def check_equivalence(
+    loss_fn: Callable[..., Any],
+    params: chex.ArrayTree,
+    descent_rate: chex.Numeric,
+    ascent_rate: chex.Numeric,
+    *args: Any,
+    ascent_first: bool = False,
+) -> EquivalenceReport:
+    r"""Measures how well one penalised step predicts two alternating steps.
+
+    The two real steps are taken by :func:`alternate` on the full batch
+    (``loss_fn(params, *args)``), the prediction by gradient descent on
+    ``L + λ‖∇L‖²`` (:func:`equivalent_penalty`) or, for equal rates, on
+    ``‖∇L‖²`` alone (:func:`flooding_penalty_rate`). Use float64: the errors
+    fall as ``ε³`` and reach float32's rounding quickly.
+
+    Args:
+      loss_fn: scalar loss, ``loss_fn(params, *args)``.
+      params: the starting point θ.
+      descent_rate: ``ε1 >= ascent_rate``.
+      ascent_rate: ``ε2 >= 0``.
+      *args: the batch, passed on to ``loss_fn``.
+      ascent_first: take the ascent step first (backstitch order).
+
+    Returns:
+      An :class:`EquivalenceReport`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, floodax
+      >>> loss_fn = lambda w, x: jnp.sum(jnp.sin(x * w))
+      >>> w, x = jnp.array([0.3, 0.2]), jnp.array([1.0, 2.0])
+      >>> small = floodax.check_equivalence(loss_fn, w, 0.02, 0.01, x)
+      >>> large = floodax.check_equivalence(loss_fn, w, 0.04, 0.02, x)
+      >>> print(f"{large.derivation_error / small.derivation_error:.0f}")  # 2³
+      8
+    """
+    _check_rates(descent_rate, ascent_rate, strict=False)
+
+    def value_fn(p: chex.ArrayTree) -> Any:
+        return loss_fn(p, *args)
+
+    grads = jax.grad(value_fn)(params)
+    tx = alternate(descent_rate, ascent_rate, ascent_first=ascent_first)
+    updates, _ = tx.update(grads, tx.init(params), params, value_fn=value_fn)
+    two_steps = optax.apply_updates(params, updates)
+
+    penalty_grads = jax.grad(lambda p: squared_norm(jax.grad(value_fn)(p)))(params)
+    net_rate = descent_rate - ascent_rate
+    # ε1·ε2 multiplies the Hessian term (½∇‖∇L‖²) in both the penalised and
+    # the flooding form; only the first has a loss term.
+    predicted = jax.tree.map(
+        lambda p, g, gp: p - net_rate * g - descent_rate * ascent_rate / 2 * gp,
+        params,
+        grads,
+        penalty_grads,
+    )
+    first_order = jax.tree.map(lambda p, g: p - net_rate * g, params, grads)
+    return EquivalenceReport(
+        two_steps=two_steps,
+        predicted=predicted,
+        first_order=first_order,
+        derivation_error=_distance(two_steps, predicted),
+        first_order_error=_distance(two_steps, first_order),
+    )
+
+
+class OrderReport(NamedTuple):
+    """What :func:`equivalence_order` measured over a ladder of rates.
+
+    Attributes:
+      descent_rates: the ladder's ``ε1`` values, a NumPy array.
+      ascent_rates: the matching ``ε2 = ratio·ε1``.
+      derivation_errors: :attr:`EquivalenceReport.derivation_error` per rung.
+      first_order_errors: :attr:`EquivalenceReport.first_order_error` per rung.
+      derivation_order: the fitted log-log slope of the derivation's error
+        (theory: 3).
+      first_order_order: the fitted slope of the first-order error
+        (theory: 2).
+    """
+
+    descent_rates: np.ndarray
+    ascent_rates: np.ndarray
+    derivation_errors: np.ndarray
+    first_order_errors: np.ndarray
+    derivation_order: float
+    first_order_order: float
+
+
+def _fitted_slope(rates: np.ndarray, errors: np.ndarray) -> float:
+    return float(np.polyfit(np.log(rates), np.log(errors), 1)[0])
+
+
+def equivalence_order(
+    loss_fn: Callable[..., Any],
+    params: chex.ArrayTree,
+    *args: Any,
+    largest_rate: float = 0.1,
+    ratio: float = 0.5,
+    num_rates: int = 6,
+    shrink: float = 0.5,
+    ascent_first: bool = False,
+) -> OrderReport:
+    r"""Fits the order of the derivation's error over a geometric ladder.
+
+    Runs :func:`check_equivalence` at ``ε1 = largest_rate·shrinkᵏ`` for
+    ``k = 0 … num_rates − 1`` with ``ε2 = ratio·ε1``, and fits the slopes of
+    ``log error`` against ``log ε1``. Theory: 3 for the derivation, 2 for the
+    first-order guess. ``ratio=1`` checks flooding's pair.
+
+    Args:
+      loss_fn: scalar loss, ``loss_fn(params, *args)``.
+      params: the starting point θ (float64 recommended).
+      *args: the batch.
+      largest_rate: the first rung's ``ε1``.
+      ratio: ``ε2/ε1`` in ``[0, 1]``.
+      num_rates: how many rungs (at least 2).
+      shrink: the factor between rungs, in ``(0, 1)``.
+      ascent_first: backstitch order.
+
+    Returns:
+      An :class:`OrderReport`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, floodax
+      >>> loss_fn = lambda w, x: jnp.sum(jnp.sin(x * w))
+      >>> report = floodax.equivalence_order(loss_fn, jnp.array([0.3, 0.2]),
+      ...                                    jnp.array([1.0, 2.0]), ratio=1.0)
+      >>> print(round(report.derivation_order), round(report.first_order_order))
+      3 2
+    """
+    check_scalar_hyperparam("largest_rate", largest_rate, positive=True)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(
+            f"`ratio` is ε2/ε1 and must lie in [0, 1], got {ratio}; "
+            "ratio=1 checks flooding's pair."
+        )
+    if not 0.0 < shrink < 1.0:
+        raise ValueError(f"`shrink` must lie in (0, 1), got {shrink}.")
+    if isinstance(num_rates, bool) or not isinstance(num_rates, int) or num_rates < 2:
+        raise ValueError(
+            f"`num_rates` must be an int >= 2 to fit a slope, got {num_rates!r}."
+        )
+    descent_rates = largest_rate * shrink ** np.arange(num_rates)
+    ascent_rates = ratio * descent_rates
+    reports = [
+        check_equivalence(
+            loss_fn, params, float(e1), float(e2), *args, ascent_first=ascent_first
+        )
+        for e1, e2 in zip(descent_rates, ascent_rates, strict=True)
+    ]
+    derivation = np.array([float(r.derivation_error) for r in reports])
+    first_order = np.array([float(r.first_order_error) for r in reports])
+    return OrderReport(
+        descent_rates=descent_rates,
+        ascent_rates=ascent_rates,
+        derivation_errors=derivation,
+        first_order_errors=first_order,
+        derivation_order=_fitted_slope(descent_rates, derivation),
+        first_order_order=_fitted_slope(descent_rates, first_order),
+    )

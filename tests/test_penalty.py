@@ -1,0 +1,228 @@
+"""Tests of the explicit gradient-norm penalty."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import floodax
+from tests.helpers import TraceCounter, assert_trees_allclose, mlp_loss
+
+
+def _explicit_penalised_grad(loss_fn, params, strength):
+    """g + 2λ·H·g with the Hessian materialised by ``jax.hessian``."""
+    flat, unravel = ravel_pytree(params)
+    flat_loss = lambda v: loss_fn(unravel(v))  # noqa: E731
+    g = jax.grad(flat_loss)(flat)
+    hessian = jax.hessian(flat_loss)(flat)
+    return unravel(g + 2 * strength * hessian @ g)
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.05, 1.3])
+def test_grad_of_grad_norm_penalty_matches_explicit_hessian(mlp, strength):
+    params, x, y = mlp
+    penalised = floodax.grad_norm_penalty(mlp_loss, strength)
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    g = jax.grad(loss_fn)(params)
+    value = penalised(params, x, y)
+    expected_value = loss_fn(params) + strength * sum(
+        jnp.sum(v**2) for v in jax.tree.leaves(g)
+    )
+    np.testing.assert_allclose(value, expected_value, rtol=1e-14)
+    assert_trees_allclose(
+        jax.jit(jax.grad(penalised))(params, x, y),
+        _explicit_penalised_grad(loss_fn, params, strength),
+        rtol=1e-11,
+        atol=1e-14,
+    )
+
+
+@pytest.mark.parametrize("strength", [0.05, 1.3])
+def test_exact_penalty_transform_matches_explicit_hessian(mlp, strength):
+    params, x, y = mlp
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    tx = floodax.add_grad_norm_penalty(strength)
+    out, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p, value_fn=loss_fn))(
+        jax.grad(loss_fn)(params), params
+    )
+    assert_trees_allclose(
+        out, _explicit_penalised_grad(loss_fn, params, strength), rtol=1e-11, atol=1e-14
+    )
+
+
+def test_finite_difference_within_stated_tolerance(mlp):
+    # Forward difference: error O(r); with the float64 default radius
+    # (sqrt(eps) = 1.5e-8) the penalised gradient is within 1e-6 relative.
+    params, x, y = mlp
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    strength = 0.5
+    expected = _explicit_penalised_grad(loss_fn, params, strength)
+    g = jax.grad(loss_fn)(params)
+    exp_flat = ravel_pytree(expected)[0]
+    errors = {}
+    for radius in (None, 1e-3, 1e-4):
+        tx = floodax.add_grad_norm_penalty(
+            strength, method="finite_difference", radius=radius
+        )
+        out, _ = tx.update(g, tx.init(params), params, value_fn=loss_fn)
+        errors[radius] = float(
+            jnp.linalg.norm(ravel_pytree(out)[0] - exp_flat) / jnp.linalg.norm(exp_flat)
+        )
+    assert errors[None] < 1e-6
+    # The truncation error is first order in r: ten times smaller radius,
+    # about ten times smaller error.
+    assert 5 < errors[1e-3] / errors[1e-4] < 20
+
+
+def test_penalty_forms_agree(mlp):
+    params, x, y = mlp
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    tx = floodax.add_grad_norm_penalty(0.2)
+    out, _ = tx.update(
+        jax.grad(loss_fn)(params), tx.init(params), params, value_fn=loss_fn
+    )
+    assert_trees_allclose(
+        out,
+        jax.grad(floodax.grad_norm_penalty(loss_fn, 0.2))(params),
+        rtol=1e-12,
+        atol=1e-15,
+    )
+
+
+@pytest.mark.parametrize("method", ["exact", "finite_difference"])
+def test_zero_gradient_gives_finite_results(method):
+    loss_fn = lambda p: jnp.sum((p["w"] - 1.0) ** 2)  # noqa: E731
+    params = {"w": jnp.ones(3)}  # the minimum: g = 0
+    tx = floodax.add_grad_norm_penalty(0.7, method=method)
+    out, _ = tx.update(
+        jax.grad(loss_fn)(params), tx.init(params), params, value_fn=loss_fn
+    )
+    np.testing.assert_array_equal(out["w"], np.zeros(3))
+    grad = jax.grad(floodax.grad_norm_penalty(loss_fn, 0.7))(params)
+    np.testing.assert_array_equal(grad["w"], np.zeros(3))
+
+
+def test_grad_norm_penalty_argnums_and_has_aux(x64):
+    def loss_fn(a, b, scale):
+        return scale * jnp.sum(a**2 * b), {"a": a}
+
+    a, b = jnp.array([1.0, 2.0]), jnp.array([3.0, -1.0])
+    penalised = floodax.grad_norm_penalty(loss_fn, 0.1, argnums=(0, 1), has_aux=True)
+    value, aux = penalised(a, b, 2.0)
+    ga, gb = 2 * 2.0 * a * b, 2.0 * a**2
+    np.testing.assert_allclose(
+        value,
+        2.0 * jnp.sum(a**2 * b) + 0.1 * (jnp.sum(ga**2) + jnp.sum(gb**2)),
+        rtol=1e-14,
+    )
+    np.testing.assert_array_equal(aux["a"], a)
+    only_b = floodax.grad_norm_penalty(loss_fn, 0.1, argnums=1, has_aux=True)
+    np.testing.assert_allclose(
+        only_b(a, b, 2.0)[0], 2.0 * jnp.sum(a**2 * b) + 0.1 * jnp.sum(gb**2), rtol=1e-14
+    )
+
+
+def test_grad_norm_penalty_under_vmap_over_strength_and_batch(mlp):
+    params, x, y = mlp
+    strengths = jnp.array([0.0, 0.1, 1.0])
+    grads = jax.vmap(
+        lambda s: jax.grad(floodax.grad_norm_penalty(mlp_loss, s))(params, x, y)
+    )(strengths)
+    for i, s in enumerate(strengths):
+        single = jax.grad(floodax.grad_norm_penalty(mlp_loss, s))(params, x, y)
+        assert_trees_allclose(
+            jax.tree.map(lambda v, i=i: v[i], grads), single, rtol=1e-12
+        )
+    per_example = jax.vmap(
+        lambda xi, yi: floodax.grad_norm_penalty(mlp_loss, 0.3)(
+            params, xi[None], yi[None]
+        )
+    )(x, y)
+    np.testing.assert_allclose(
+        per_example[3],
+        floodax.grad_norm_penalty(mlp_loss, 0.3)(params, x[3:4], y[3:4]),
+        rtol=1e-13,
+    )
+
+
+def test_penalty_transform_no_recompile_and_inject():
+    params = jnp.array([0.5, -1.0])
+    loss_fn = lambda p, x: jnp.sum(x * p**4)  # noqa: E731
+    injected = optax.inject_hyperparams(floodax.add_grad_norm_penalty)(strength=0.1)
+    plain = floodax.add_grad_norm_penalty(0.1)
+    fn = TraceCounter(
+        lambda s, x: injected.update(
+            jax.grad(loss_fn)(params, x), s, params, value_fn=lambda p: loss_fn(p, x)
+        )
+    )
+    step = jax.jit(fn)
+    state = injected.init(params)
+    for x in (1.0, 2.0):
+        out, state = step(state, jnp.float32(x))
+        ref, _ = plain.update(
+            jax.grad(loss_fn)(params, x),
+            plain.init(params),
+            params,
+            value_fn=lambda p, x=x: loss_fn(p, x),
+        )
+        np.testing.assert_allclose(out, ref, rtol=1e-6)
+    state.hyperparams["strength"] = jnp.float32(0.0)
+    out, _ = step(state, jnp.float32(1.0))
+    np.testing.assert_allclose(out, jax.grad(loss_fn)(params, 1.0), rtol=1e-6)
+    assert fn.traces == 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+@pytest.mark.parametrize("method", ["exact", "finite_difference"])
+def test_penalty_keeps_dtypes_without_nan(dtype, method):
+    params = {"w": jnp.array([0.5, -0.25, 1.0], dtype)}
+    loss_fn = lambda p: jnp.sum(p["w"].astype(jnp.float32) ** 4)  # noqa: E731
+    tx = optax.chain(floodax.add_grad_norm_penalty(0.1, method=method), optax.sgd(0.1))
+    grads = jax.grad(loss_fn)(params)
+    out, _ = tx.update(grads, tx.init(params), params, value_fn=loss_fn)
+    assert out["w"].dtype == dtype
+    w = np.array([0.5, -0.25, 1.0])
+    expected = -0.1 * (4 * w**3 + 0.2 * 12 * w**2 * 4 * w**3)
+    # The exact product is good to a few rounding errors of the dtype; the
+    # forward difference at its default radius sqrt(eps) balances truncation
+    # against rounding, so it is good to about sqrt(eps).
+    eps = float(jnp.finfo(dtype).eps)
+    rtol = 2 * np.sqrt(eps) if method == "finite_difference" else 4 * eps
+    np.testing.assert_allclose(np.asarray(out["w"], np.float64), expected, rtol=rtol)
+
+
+def test_penalty_bad_input():
+    with pytest.raises(ValueError, match="`strength` must be non-negative"):
+        floodax.add_grad_norm_penalty(-1.0)
+    with pytest.raises(ValueError, match="`strength` must be non-negative"):
+        floodax.grad_norm_penalty(jnp.sum, -1.0)
+    with pytest.raises(TypeError, match="inject_hyperparams"):
+        floodax.add_grad_norm_penalty(optax.constant_schedule(0.1))
+    with pytest.raises(
+        ValueError, match="`method` must be 'exact' or 'finite_difference'"
+    ):
+        floodax.add_grad_norm_penalty(0.1, method="fd")
+    with pytest.raises(ValueError, match="`radius` must be positive"):
+        floodax.add_grad_norm_penalty(0.1, method="finite_difference", radius=0.0)
+    with pytest.raises(ValueError, match="`radius` is the finite difference's step"):
+        floodax.add_grad_norm_penalty(0.1, radius=1e-3)
+    tx = floodax.add_grad_norm_penalty(0.1)
+    g = jnp.ones(2)
+    with pytest.raises(TypeError, match=r"value_fn=lambda p: loss_fn\(p, batch\)"):
+        tx.update(g, tx.init(g), g)
+    with pytest.raises(TypeError, match="needs the current parameters"):
+        tx.update(g, tx.init(g), value_fn=jnp.sum)
+
+
+def test_penalty_accepts_unknown_extra_args():
+    tx = floodax.add_grad_norm_penalty(0.5)
+    loss_fn = lambda p: jnp.sum(p**2)  # noqa: E731  H = 2I, g + 2λHg = 3g
+    g = jnp.array([1.0, 2.0])
+    out, _ = tx.update(g, tx.init(g), g / 2, value_fn=loss_fn, value=1.0, foo=None)
+    np.testing.assert_allclose(out, 3 * g, rtol=1e-6)

@@ -1,0 +1,141 @@
+"""Tests of the second-order equivalence and the `floodax verify` command."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import floodax
+from floodax import _verify
+from floodax._cli import main
+from tests.helpers import assert_trees_allclose, mlp_loss
+
+
+def test_equivalent_penalty_values_and_inverse():
+    lr, strength = floodax.equivalent_penalty(0.3, 0.1)
+    assert lr == pytest.approx(0.2)
+    assert strength == pytest.approx(0.3 * 0.1 / 0.4)
+    # Invert: recover ε2 (then ε1) from lr = ε1 − ε2 and ε1·ε2 = 2λ·lr,
+    # ε2 being the positive root of ε2² + lr·ε2 − 2λ·lr = 0.
+    product = 2 * strength * lr
+    e2 = (-lr + np.sqrt(lr**2 + 4 * product)) / 2
+    assert e2 == pytest.approx(0.1) and e2 + lr == pytest.approx(0.3)
+    assert floodax.flooding_penalty_rate(0.2) == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("rates", [(0.1, 0.1), (0.1, 0.2)])
+def test_equivalent_penalty_needs_descent_above_ascent(rates):
+    with pytest.raises(
+        ValueError, match=r"must exceed `ascent_rate`.*flooding_penalty_rate"
+    ):
+        floodax.equivalent_penalty(*rates)
+
+
+def test_theory_bad_input():
+    with pytest.raises(ValueError, match="`ascent_rate` must be non-negative"):
+        floodax.equivalent_penalty(0.1, -0.1)
+    with pytest.raises(ValueError, match="`descent_rate` must be non-negative"):
+        floodax.flooding_penalty_rate(-0.1)
+    with pytest.raises(TypeError, match="`descent_rate` must be a number here"):
+        floodax.equivalent_penalty(lambda n: 0.1, 0.01)
+    with pytest.raises(ValueError, match="`ratio` is ε2/ε1"):
+        floodax.equivalence_order(mlp_loss, {}, ratio=1.5)
+    with pytest.raises(ValueError, match="`num_rates` must be an int >= 2"):
+        floodax.equivalence_order(mlp_loss, {}, num_rates=1)
+    with pytest.raises(ValueError, match="`shrink` must lie in"):
+        floodax.equivalence_order(mlp_loss, {}, shrink=1.0)
+
+
+@pytest.mark.parametrize("rates", [(0.02, 0.005), (0.02, 0.02)])
+@pytest.mark.parametrize("ascent_first", [False, True])
+def test_check_equivalence_against_explicit_steps(mlp, rates, ascent_first):
+    params, x, y = mlp
+    e1, e2 = rates
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    report = floodax.check_equivalence(
+        mlp_loss, params, e1, e2, x, y, ascent_first=ascent_first
+    )
+    # The two real steps, written out by hand.
+    first, second = (e2, -e1) if ascent_first else (-e1, e2)
+    mid = jax.tree.map(lambda p, g: p + first * g, params, jax.grad(loss_fn)(params))
+    two = jax.tree.map(lambda p, g: p + second * g, mid, jax.grad(loss_fn)(mid))
+    assert_trees_allclose(report.two_steps, two, rtol=1e-13)
+    # The prediction, through the loss-function transform: one step of
+    # ε1 − ε2 on L + λ‖∇L‖², or ε²/2 on ‖∇L‖² alone for equal rates.
+    if e1 > e2:
+        lr, strength = floodax.equivalent_penalty(e1, e2)
+        grad = jax.grad(floodax.grad_norm_penalty(loss_fn, strength))(params)
+        predicted = jax.tree.map(lambda p, g: p - lr * g, params, grad)
+        first_order = jax.tree.map(
+            lambda p, g: p - lr * g, params, jax.grad(loss_fn)(params)
+        )
+    else:
+        rate = floodax.flooding_penalty_rate(e1)
+        # ∇‖∇L‖² = ∇(L + ‖∇L‖²) − ∇L.
+        penalised = jax.grad(floodax.grad_norm_penalty(loss_fn, 1.0))(params)
+        predicted = jax.tree.map(
+            lambda p, gp, g: p - rate * (gp - g),
+            params,
+            penalised,
+            jax.grad(loss_fn)(params),
+        )
+        first_order = params
+    assert_trees_allclose(report.predicted, predicted, rtol=1e-12, atol=1e-15)
+    assert_trees_allclose(report.first_order, first_order, rtol=1e-12, atol=1e-15)
+    assert float(report.derivation_error) < 0.1 * float(report.first_order_error)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.2, 1.0])
+@pytest.mark.parametrize("ascent_first", [False, True])
+def test_fitted_orders_match_theory(mlp, ratio, ascent_first):
+    params, x, y = mlp
+    report = floodax.equivalence_order(
+        mlp_loss, params, x, y, largest_rate=0.2, ratio=ratio, ascent_first=ascent_first
+    )
+    assert abs(report.derivation_order - 3.0) < 0.2
+    assert abs(report.first_order_order - 2.0) < 0.2
+    np.testing.assert_allclose(report.ascent_rates, ratio * report.descent_rates)
+    assert np.all(np.diff(report.derivation_errors) < 0)
+
+
+def test_verify_command_prints_table_and_succeeds(capsys):
+    assert main(["verify"]) == 0
+    out = capsys.readouterr().out
+    for scheme in _verify.SCHEMES:
+        assert scheme.name in out
+    assert out.count("fitted order, derivation:") == 4
+    assert "all orders within tolerance" in out
+
+
+def test_verify_command_fails_when_an_order_is_off(capsys, monkeypatch):
+    # If theory said the derivation's error were second order, the measured
+    # slope of 3 is more than 0.2 away and the command must fail.
+    monkeypatch.setattr(_verify, "DERIVATION_ORDER", 2.0)
+    assert main(["verify", "--num-rates", "3"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_verify_command_bad_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["verify", "--num-rates", "1"])
+    assert exit_info.value.code == 2
+    assert "--num-rates must be at least 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["verify", "--largest-rate", "-1"])
+    assert "--largest-rate must be positive" in capsys.readouterr().err
+
+
+def test_python_dash_m_floodax_verify():
+    result = subprocess.run(
+        [sys.executable, "-m", "floodax", "verify", "--num-rates", "4"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "all orders within tolerance" in result.stdout
