@@ -24,6 +24,13 @@ class AlternateState(NamedTuple):
 
     Attributes:
       count: int32 scalar, the number of ``update`` calls so far.
+
+    Examples:
+      >>> import jax.numpy as jnp, floodax
+      >>> tx = floodax.alternate(0.2, 0.1)
+      >>> _, state = tx.update(jnp.ones(1), tx.init(jnp.ones(1)))
+      >>> print(state.count)  # the next call is the pair's ascent step
+      1
     """
 
     count: jax.Array

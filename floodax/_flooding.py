@@ -181,6 +181,16 @@ class FloodState(NamedTuple):
       ascent_count: int32 scalar, how many of those calls ascended (loss
         below the flood level). ``ascent_count / count`` is the share of
         steps spent below the flood level.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, floodax
+      >>> tx = optax.chain(floodax.flood(0.5), optax.sgd(0.1))
+      >>> state = tx.init(jnp.zeros(2))
+      >>> for loss in (0.9, 0.4, 0.3, 0.6):
+      ...   _, state = tx.update(jnp.ones(2), state, value=jnp.float32(loss))
+      >>> flood_state = optax.tree.get(state, "FloodState")
+      >>> print(f"{flood_state.ascent_count / flood_state.count:.0%} of steps ascended")
+      50% of steps ascended
     """
 
     count: jax.Array

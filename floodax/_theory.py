@@ -38,6 +38,11 @@ class EquivalentPenalty(NamedTuple):
     Attributes:
       learning_rate: ``ε1 − ε2``.
       strength: ``λ = ε1·ε2 / (2(ε1 − ε2))``, the weight of ``‖∇L‖²``.
+
+    Examples:
+      >>> import floodax
+      >>> print(floodax.equivalent_penalty(0.3, 0.1).strength)
+      0.075
     """
 
     learning_rate: Any
@@ -119,6 +124,14 @@ class EquivalenceReport(NamedTuple):
         (``θ`` itself for equal rates).
       derivation_error: ``‖two_steps − predicted‖``, ``O(ε³)``.
       first_order_error: ``‖two_steps − first_order‖``, ``O(ε²)``.
+
+    Examples:
+      >>> import jax.numpy as jnp, floodax
+      >>> report = floodax.check_equivalence(lambda w: jnp.sum(w ** 4),
+      ...                                    jnp.array([0.5]), 0.02, 0.01)
+      >>> two, one, naive = report.two_steps, report.predicted, report.first_order
+      >>> print(f"{two[0]:.5f} {one[0]:.5f} {naive[0]:.5f}")
+      0.49471 0.49470 0.49500
     """
 
     two_steps: chex.ArrayTree
@@ -210,6 +223,13 @@ class OrderReport(NamedTuple):
         (theory: 3).
       first_order_order: the fitted slope of the first-order error
         (theory: 2).
+
+    Examples:
+      >>> import jax.numpy as jnp, floodax
+      >>> report = floodax.equivalence_order(lambda w: jnp.sum(jnp.cos(w)),
+      ...                                    jnp.array([0.5, 1.0]), num_rates=4)
+      >>> print(report.descent_rates)
+      [0.1    0.05   0.025  0.0125]
     """
 
     descent_rates: np.ndarray

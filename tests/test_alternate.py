@@ -256,3 +256,22 @@ def test_alternate_in_scan_reaches_the_minimum(x64):
 
     (p, _), _ = jax.lax.scan(body, (jnp.zeros(2), tx.init(jnp.zeros(2))), length=200)
     np.testing.assert_allclose(p, target, atol=1e-10)
+
+
+def test_interval_is_a_hyperparameter_not_a_static_arg(x64):
+    # inject_hyperparams turns the int into an array; changing it must take
+    # effect without a retrace.
+    tx = optax.inject_hyperparams(floodax.alternate)(
+        descent_rate=0.5, ascent_rate=0.2, interval=1
+    )
+    fn = TraceCounter(lambda g, s: tx.update(g, s))
+    step = jax.jit(fn)
+    g = jnp.ones(1)
+    state = tx.init(g)
+    state.hyperparams["interval"] = jnp.asarray(3)
+    factors = []
+    for _ in range(5):
+        u, state = step(g, state)
+        factors.append(float(u[0]))
+    np.testing.assert_allclose(factors, [-0.5, 0.2, -0.3, -0.3, -0.5], rtol=1e-12)
+    assert fn.traces == 1
