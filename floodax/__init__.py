@@ -9,6 +9,8 @@ from floodax._flooding import flooded as flooded
 from floodax._flooding import iflooded as iflooded
 from floodax._penalty import add_grad_norm_penalty as add_grad_norm_penalty
 from floodax._penalty import grad_norm_penalty as grad_norm_penalty
+from floodax._suggest import FloodLevelSuggestion as FloodLevelSuggestion
+from floodax._suggest import suggest_flood_level as suggest_flood_level
 from floodax._theory import EquivalenceReport as EquivalenceReport
 from floodax._theory import EquivalentPenalty as EquivalentPenalty
 from floodax._theory import OrderReport as OrderReport
@@ -23,6 +25,7 @@ __all__ = [
     "AlternateState",
     "EquivalenceReport",
     "EquivalentPenalty",
+    "FloodLevelSuggestion",
     "FloodState",
     "OrderReport",
     "add_grad_norm_penalty",
@@ -35,4 +38,5 @@ __all__ = [
     "flooding_penalty_rate",
     "grad_norm_penalty",
     "iflooded",
+    "suggest_flood_level",
 ]

@@ -1,0 +1,91 @@
+"""A starting flood level from the learning curves of an unflooded run."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class FloodLevelSuggestion(NamedTuple):
+    """What :func:`suggest_flood_level` found.
+
+    Attributes:
+      flood_level: ``fraction`` × the training loss at ``epoch``.
+      epoch: the epoch where the validation loss starts to rise (the last
+        epoch if it never does).
+      validation_loss_rises: whether it rises at all; if not, the run shows
+        no overfitting and flooding may not be needed.
+
+    Examples:
+      >>> import floodax
+      >>> s = floodax.suggest_flood_level([0.9, 0.5, 0.3, 0.2, 0.1],
+      ...                                 [0.8, 0.6, 0.65, 0.7, 0.8])
+      >>> print(s.epoch, s.flood_level, s.validation_loss_rises)
+      1 0.25 True
+    """
+
+    flood_level: float
+    epoch: int
+    validation_loss_rises: bool
+
+
+def suggest_flood_level(
+    train_losses,
+    val_losses,
+    *,
+    fraction: float = 0.5,
+    patience: int = 3,
+) -> FloodLevelSuggestion:
+    """The practitioners' rule of thumb for a first flood level.
+
+    Train without flooding, find the epoch where the validation loss starts
+    to rise, and take about half the training loss at that epoch (or lower)
+    as the flood level: a starting point for a sweep such as
+    ``floodax.experiments.sweep_flood_levels``, not a replacement for it.
+
+    The rise is the first epoch whose validation loss is not beaten during
+    the next ``patience`` epochs, so that a single noisy uptick does not
+    count.
+
+    Args:
+      train_losses: per-epoch training losses of an unflooded run.
+      val_losses: per-epoch validation losses of the same run.
+      fraction: the share of that training loss to use, in ``(0, 1]``.
+      patience: how many later epochs must fail to beat the minimum.
+
+    Returns:
+      A :class:`FloodLevelSuggestion`.
+
+    Raises:
+      ValueError: the curves differ in length, are empty, not 1-D or not
+        finite, or ``fraction``/``patience`` are out of range.
+
+    Examples:
+      >>> import numpy as np, floodax
+      >>> epochs = np.arange(50)
+      >>> train = 1.0 * np.exp(-epochs / 10)
+      >>> val = 0.8 * np.exp(-epochs / 10) + 0.01 * np.maximum(epochs - 20, 0)
+      >>> s = floodax.suggest_flood_level(train, val)
+      >>> print(s.epoch, round(s.flood_level, 4), s.validation_loss_rises)
+      21 0.0612 True
+    """
+    train = np.asarray(train_losses, np.float64)
+    val = np.asarray(val_losses, np.float64)
+    if train.ndim != 1 or val.ndim != 1 or train.shape != val.shape or len(train) == 0:
+        raise ValueError(
+            "`train_losses` and `val_losses` must be 1-D per-epoch curves of the "
+            f"same non-zero length, got shapes {train.shape} and {val.shape}."
+        )
+    if not (np.all(np.isfinite(train)) and np.all(np.isfinite(val))):
+        raise ValueError("`train_losses` and `val_losses` must be finite.")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"`fraction` must lie in (0, 1], got {fraction}.")
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise ValueError(f"`patience` must be an int >= 1, got {patience!r}.")
+    for epoch in range(len(val) - 1):
+        later = val[epoch + 1 : epoch + 1 + patience]
+        if len(later) == patience and np.all(later >= val[epoch]):
+            return FloodLevelSuggestion(float(fraction * train[epoch]), epoch, True)
+    last = len(val) - 1
+    return FloodLevelSuggestion(float(fraction * train[last]), last, False)

@@ -1,0 +1,39 @@
+"""The paper's experiments: datasets, the MLP, NNX training, the one-run sweep.
+
+Needs the ``demo`` extra (``pip install "floodax[demo]"``): Flax,
+scikit-learn, matplotlib and tqdm. The core ``floodax`` package does not.
+"""
+
+from floodax.experiments.datasets import DATASETS as DATASETS
+from floodax.experiments.datasets import Dataset as Dataset
+from floodax.experiments.datasets import load_dataset as load_dataset
+from floodax.experiments.datasets import load_digits_dataset as load_digits_dataset
+from floodax.experiments.datasets import make_synthetic as make_synthetic
+from floodax.experiments.models import MLP as MLP
+from floodax.experiments.training import PAPER_GRID as PAPER_GRID
+from floodax.experiments.training import History as History
+from floodax.experiments.training import SweepResult as SweepResult
+from floodax.experiments.training import TrainConfig as TrainConfig
+from floodax.experiments.training import TrainResult as TrainResult
+from floodax.experiments.training import cross_entropy as cross_entropy
+from floodax.experiments.training import make_optimizer as make_optimizer
+from floodax.experiments.training import sweep_flood_levels as sweep_flood_levels
+from floodax.experiments.training import train as train
+
+__all__ = [
+    "DATASETS",
+    "MLP",
+    "PAPER_GRID",
+    "Dataset",
+    "History",
+    "SweepResult",
+    "TrainConfig",
+    "TrainResult",
+    "cross_entropy",
+    "load_dataset",
+    "load_digits_dataset",
+    "make_optimizer",
+    "make_synthetic",
+    "sweep_flood_levels",
+    "train",
+]
