@@ -13,6 +13,7 @@ import optax
 from floodax import _schedules as schedules
 from floodax._validation import (
     check_interval,
+    check_matching_trees,
     check_rate_order,
     check_scalar_hyperparam,
     require_params,
@@ -198,6 +199,7 @@ def alternate(
             new_updates = across_calls(updates, state.count)
         else:
             require_params(params, "floodax.alternate with `value_fn`")
+            check_matching_trees(updates, params, "floodax.alternate")
             new_updates = within_call(updates, state.count, params, value_fn)
         return new_updates, AlternateState(count=optax.safe_increment(state.count))
 

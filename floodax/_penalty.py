@@ -11,7 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from floodax._validation import check_scalar_hyperparam, require_params
+from floodax._validation import (
+    check_matching_trees,
+    check_scalar_hyperparam,
+    require_params,
+)
 
 _STRENGTH_FIX = (
     "; to schedule it, use `optax.inject_hyperparams(floodax.add_grad_norm_penalty)`"
@@ -222,6 +226,7 @@ def add_grad_norm_penalty(
                 "value_fn=lambda p: loss_fn(p, batch))`."
             )
         require_params(params, "floodax.add_grad_norm_penalty")
+        check_matching_trees(updates, params, "floodax.add_grad_norm_penalty")
         hvp = hessian_vector_product(value_fn, params, updates)
         new_updates = jax.tree.map(
             lambda g, hg: g + 2 * jnp.asarray(strength, g.dtype) * hg.astype(g.dtype),

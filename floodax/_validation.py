@@ -136,3 +136,24 @@ def check_interval(interval: Any) -> None:
         raise ValueError(f"`interval` must be an integer >= 1, got {interval!r}{fix}.")
     if not _is_traced(interval) and int(np.asarray(interval)) < 1:
         raise ValueError(f"`interval` must be an integer >= 1, got {interval!r}{fix}.")
+
+
+def check_matching_trees(updates: Any, params: Any, transform: str) -> None:
+    """Raises when ``updates`` and ``params`` differ in structure or shapes.
+
+    The transforms that evaluate ``value_fn`` at a point moved along the
+    updates need one update per parameter, of the parameter's shape.
+    """
+    updates_tree, params_tree = jax.tree.structure(updates), jax.tree.structure(params)
+    if updates_tree != params_tree:
+        raise ValueError(
+            f"{transform}: `updates` and `params` must be pytrees of the same "
+            f"structure, got {updates_tree} and {params_tree}. Pass the gradient "
+            "of `value_fn` with respect to `params` as the updates."
+        )
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+        if np.shape(u) != np.shape(p):
+            raise ValueError(
+                f"{transform}: an update of shape {np.shape(u)} does not match "
+                f"its parameter of shape {np.shape(p)}."
+            )

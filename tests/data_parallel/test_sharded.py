@@ -1,0 +1,339 @@
+"""Data parallelism on 8 devices: every floodax piece matches one device.
+
+These tests need 8 devices. `tests/test_data_parallel.py` runs this file in
+a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
+(JAX reads the flag once, at start-up); in the main test process they skip.
+"""
+
+from __future__ import annotations
+
+import functools
+import runpy
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import shard_map
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import floodax
+
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 8,
+    reason="needs 8 devices; run via tests/test_data_parallel.py",
+)
+
+N_DEVICES, PER_DEVICE, DIM = 8, 8, 4
+FLOOD_LEVEL = 0.95  # between the noise floors of the two halves (0.0025, 1.69)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return jax.make_mesh((N_DEVICES,), ("data",))
+
+
+def _data():
+    """Half the devices hold nearly noiseless examples, half very noisy ones,
+    so per-device losses straddle the flood level while the mean is near it."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N_DEVICES * PER_DEVICE, DIM)).astype(np.float32)
+    w_true = np.array([1.0, -2.0, 0.5, 1.5], np.float32)
+    noise_scale = np.repeat([0.05] * 4 + [1.3] * 4, PER_DEVICE).astype(np.float32)
+    y = x @ w_true + noise_scale * rng.standard_normal(len(x)).astype(np.float32)
+    return x, y
+
+
+def _params():
+    return {"w": np.zeros(DIM, np.float32), "b": np.zeros((), np.float32)}
+
+
+def _example_losses(params, x, y):
+    return (x @ params["w"] + params["b"] - y) ** 2
+
+
+def _loss(params, x, y):
+    return jnp.mean(_example_losses(params, x, y))
+
+
+def _shard(mesh, tree, spec):
+    return jax.device_put(tree, NamedSharding(mesh, spec))
+
+
+def _assert_close(a, b, tol=1e-5):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=tol, atol=tol)
+
+
+# The forms under test: each builds (tx, grad_and_extras) for one step on a
+# batch, where the loss is the global mean over whatever batch it is given.
+def _form(name):
+    sgd = optax.sgd(0.05)
+    if name == "flooded":
+        return sgd, lambda p, x, y: (
+            jax.grad(lambda q: floodax.flooded(_loss(q, x, y), FLOOD_LEVEL))(p),
+            {},
+        )
+    if name == "iflooded":
+        return sgd, lambda p, x, y: (
+            jax.grad(lambda q: floodax.iflooded(_example_losses(q, x, y), FLOOD_LEVEL))(
+                p
+            ),
+            {},
+        )
+    if name == "flood":
+        tx = optax.chain(floodax.flood(FLOOD_LEVEL), sgd)
+        return tx, lambda p, x, y: (jax.grad(_loss)(p, x, y), {"value": _loss(p, x, y)})
+    if name == "alternate":
+        return floodax.alternate(0.06, 0.02), lambda p, x, y: (
+            jax.grad(_loss)(p, x, y),
+            {},
+        )
+    if name == "backstitch":
+        tx = floodax.alternate(0.06, 0.02, ascent_first=True)
+        return tx, lambda p, x, y: (
+            jax.grad(_loss)(p, x, y),
+            {"value_fn": functools.partial(_loss, x=x, y=y)},
+        )
+    method = "exact" if name == "penalty_exact" else "finite_difference"
+    radius = None if method == "exact" else 1e-2
+    tx = optax.chain(
+        floodax.add_grad_norm_penalty(0.1, method=method, radius=radius), sgd
+    )
+    return tx, lambda p, x, y: (
+        jax.grad(_loss)(p, x, y),
+        {"value_fn": functools.partial(_loss, x=x, y=y)},
+    )
+
+
+FORMS = [
+    "flooded",
+    "iflooded",
+    "flood",
+    "alternate",
+    "backstitch",
+    "penalty_exact",
+    "penalty_fd",
+]
+
+
+def _run(step, params, state, x, y, steps):
+    history = []
+    for _ in range(steps):
+        params, state = step(params, state, x, y)
+        history.append(params)
+    return history
+
+
+@pytest.mark.parametrize("name", FORMS)
+def test_jit_with_sharded_batch_matches_one_device(mesh, name):
+    tx, grads_fn = _form(name)
+
+    @jax.jit
+    def step(params, state, x, y):
+        grads, extra = grads_fn(params, x, y)
+        updates, state = tx.update(grads, state, params, **extra)
+        return optax.apply_updates(params, updates), state
+
+    x, y = _data()
+    params = _params()
+    single = _run(step, params, tx.init(params), x, y, 25)
+    with jax.set_mesh(mesh):
+        xs, ys = _shard(mesh, x, P("data")), _shard(mesh, y, P("data"))
+        ps = _shard(mesh, params, P())
+        sharded = _run(step, ps, tx.init(ps), xs, ys, 25)
+    assert xs.sharding.spec == P("data")
+    for a, b in zip(sharded, single, strict=True):
+        _assert_close(a, b)
+
+
+def _device_losses(mesh, params, x, y):
+    fn = shard_map(
+        lambda p, xb, yb: _loss(p, xb, yb)[None],
+        mesh=mesh,
+        in_specs=(P(), P("data"), P("data")),
+        out_specs=P("data"),
+    )
+    with jax.set_mesh(mesh):
+        return np.asarray(
+            fn(
+                _shard(mesh, params, P()),
+                _shard(mesh, x, P("data")),
+                _shard(mesh, y, P("data")),
+            )
+        )
+
+
+def test_flood_with_axis_name_under_shard_map_matches_one_device(mesh):
+    x, y = _data()
+    tx = optax.chain(floodax.flood(FLOOD_LEVEL, axis_name="data"), optax.sgd(0.05))
+    ref_tx = optax.chain(floodax.flood(FLOOD_LEVEL), optax.sgd(0.05))
+
+    def device_step(params, state, xb, yb):
+        local = _loss(params, xb, yb)
+        # The gradient of the mean over devices: with replicated parameters,
+        # jax.grad through pmean gives the global gradient on every device.
+        grads = jax.grad(lambda p: jax.lax.pmean(_loss(p, xb, yb), "data"))(params)
+        updates, state = tx.update(grads, state, params, value=local)
+        return optax.apply_updates(params, updates), state
+
+    step = jax.jit(
+        shard_map(
+            device_step,
+            mesh=mesh,
+            in_specs=(P(), P(), P("data"), P("data")),
+            out_specs=(P(), P()),
+        )
+    )
+
+    @jax.jit
+    def ref_step(params, state, x, y):
+        loss, grads = jax.value_and_grad(_loss)(params, x, y)
+        updates, state = ref_tx.update(grads, state, params, value=loss)
+        return optax.apply_updates(params, updates), state
+
+    params = _params()
+    ref_state = ref_tx.init(params)
+    p_ref = params
+    with jax.set_mesh(mesh):
+        p = _shard(mesh, params, P())
+        state = _shard(mesh, tx.init(params), P())
+        xs, ys = _shard(mesh, x, P("data")), _shard(mesh, y, P("data"))
+        for _ in range(60):
+            p, state = step(p, state, xs, ys)
+            p_ref, ref_state = ref_step(p_ref, ref_state, x, y)
+            _assert_close(p, p_ref)
+    # The run flooded: it both ascended and descended ...
+    ascents = int(ref_state[0].ascent_count)
+    assert 0 < ascents < 60 and int(state[0].ascent_count) == ascents
+    # ... while the devices' own losses straddled the level.
+    losses = _device_losses(mesh, p_ref, x, y)
+    assert losses.min() < FLOOD_LEVEL < losses.max()
+
+
+def test_without_axis_name_devices_decide_alone(mesh):
+    # At a point where the global loss is above b but half the devices are
+    # below it: with axis_name every device descends like one device would;
+    # without it the low-loss devices ascend.
+    x, y = _data()
+    params = {
+        "w": np.array([1.0, -2.0, 0.5, 1.5], np.float32),
+        "b": np.zeros((), np.float32),
+    }
+    device_losses = _device_losses(mesh, params, x, y)
+    global_loss = float(_loss(params, x, y))
+    b = 0.3
+    assert device_losses.min() < b < global_loss
+
+    def per_device_updates(axis_name):
+        tx = floodax.flood(b, axis_name=axis_name)
+
+        def fn(params, xb, yb):
+            grads = jax.grad(lambda p: jax.lax.pmean(_loss(p, xb, yb), "data"))(params)
+            updates, _ = tx.update(grads, tx.init(params), value=_loss(params, xb, yb))
+            return jax.tree.map(lambda u: u[None], updates)
+
+        mapped = shard_map(
+            fn, mesh=mesh, in_specs=(P(), P("data"), P("data")), out_specs=P("data")
+        )
+        with jax.set_mesh(mesh):
+            out = jax.jit(mapped)(
+                _shard(mesh, params, P()),
+                _shard(mesh, x, P("data")),
+                _shard(mesh, y, P("data")),
+            )
+        return np.asarray(out["w"])
+
+    single = np.asarray(jax.grad(_loss)(params, x, y)["w"])  # above b: descent
+    synced = per_device_updates("data")
+    np.testing.assert_allclose(
+        synced, np.tile(single, (N_DEVICES, 1)), rtol=1e-5, atol=1e-6
+    )
+    alone = per_device_updates(None)
+    flipped = device_losses < b
+    np.testing.assert_allclose(
+        alone[flipped], -np.tile(single, (flipped.sum(), 1)), rtol=1e-5
+    )
+    assert not np.allclose(alone, np.tile(single, (N_DEVICES, 1)))
+
+
+@pytest.mark.parametrize("name", ["flooded", "iflooded", "backstitch", "penalty_exact"])
+def test_shard_map_forms_match_one_device(mesh, name):
+    # Inside shard_map each device holds its shard; the loss the forms see is
+    # the mean over devices (pmean), as on one device.
+    def global_loss(p, xb, yb):
+        return jax.lax.pmean(_loss(p, xb, yb), "data")
+
+    if name == "flooded":
+        tx = optax.sgd(0.05)
+        grads_fn = lambda p, xb, yb: (  # noqa: E731
+            jax.grad(lambda q: floodax.flooded(global_loss(q, xb, yb), FLOOD_LEVEL))(p),
+            {},
+        )
+    elif name == "iflooded":
+        tx = optax.sgd(0.05)
+        grads_fn = lambda p, xb, yb: (  # noqa: E731
+            jax.grad(
+                lambda q: jax.lax.pmean(
+                    floodax.iflooded(_example_losses(q, xb, yb), FLOOD_LEVEL), "data"
+                )
+            )(p),
+            {},
+        )
+    else:
+        tx = (
+            floodax.alternate(0.06, 0.02, ascent_first=True)
+            if name == "backstitch"
+            else optax.chain(floodax.add_grad_norm_penalty(0.1), optax.sgd(0.05))
+        )
+        grads_fn = lambda p, xb, yb: (  # noqa: E731
+            jax.grad(global_loss)(p, xb, yb),
+            {"value_fn": functools.partial(global_loss, xb=xb, yb=yb)},
+        )
+
+    def device_step(params, state, xb, yb):
+        grads, extra = grads_fn(params, xb, yb)
+        updates, state = tx.update(grads, state, params, **extra)
+        return optax.apply_updates(params, updates), state
+
+    step = jax.jit(
+        shard_map(
+            device_step,
+            mesh=mesh,
+            in_specs=(P(), P(), P("data"), P("data")),
+            out_specs=(P(), P()),
+        )
+    )
+    ref_tx, ref_grads = _form(name)
+
+    @jax.jit
+    def ref_step(params, state, x, y):
+        grads, extra = ref_grads(params, x, y)
+        updates, state = ref_tx.update(grads, state, params, **extra)
+        return optax.apply_updates(params, updates), state
+
+    x, y = _data()
+    params = _params()
+    p_ref, ref_state = params, ref_tx.init(params)
+    with jax.set_mesh(mesh):
+        p = _shard(mesh, params, P())
+        state = _shard(mesh, tx.init(params), P())
+        xs, ys = _shard(mesh, x, P("data")), _shard(mesh, y, P("data"))
+        for _ in range(25):
+            p, state = step(p, state, xs, ys)
+            p_ref, ref_state = ref_step(p_ref, ref_state, x, y)
+            _assert_close(p, p_ref)
+
+
+def test_tpu_colab_example_runs_on_all_devices():
+    example = Path(__file__).resolve().parents[2] / "examples" / "tpu_colab.py"
+    main = runpy.run_path(str(example))["main"]
+    losses, share, sharding = main(steps=150)
+    assert len(sharding.device_set) == N_DEVICES
+    # It learns, and flooding holds the loss near the level instead of 0.
+    assert np.mean(losses[-20:]) < 0.5 * losses[0]
+    assert np.mean(losses[-20:]) > 0.6 * 0.8
+    assert 0.0 < share < 1.0
