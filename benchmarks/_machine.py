@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 
@@ -27,3 +28,16 @@ def describe() -> str:
         f"{cpu_model()}, {os.cpu_count()} cores; device {device.platform} "
         f"({device.device_kind}); jax {jax.__version__}, optax {optax.__version__}"
     )
+
+
+def parser(doc: str, *, rounds: bool = False) -> argparse.ArgumentParser:
+    """The flags every benchmark shares: --width, --out (and --rounds, --steps)."""
+    result = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if rounds:
+        result.add_argument("--rounds", type=int, default=15)
+        result.add_argument("--steps", type=int, default=20)
+    result.add_argument("--width", type=int, default=500, help="MLP hidden units")
+    result.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "results")
+    )
+    return result

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from _machine import describe
+from _machine import parser as make_parser
 from _models import cnn_problem, mlp_problem
 
 import floodax
@@ -236,13 +237,7 @@ def peak_rss(problem_index: int, width: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--width", type=int, default=500)
-    parser.add_argument(
-        "--out", default=os.path.join(os.path.dirname(__file__), "results")
-    )
+    parser = make_parser(__doc__, rounds=True)
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:

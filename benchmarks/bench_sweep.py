@@ -20,7 +20,6 @@ Writes benchmarks/results/bench_sweep_<platform>.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -30,6 +29,7 @@ import time
 import jax
 import jax.numpy as jnp
 from _machine import describe
+from _machine import parser as make_parser
 from flax import nnx
 
 from floodax.experiments import (
@@ -64,12 +64,8 @@ def _timed(fn) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--width", type=int, default=500)
-    parser.add_argument(
-        "--out", default=os.path.join(os.path.dirname(__file__), "results")
-    )
     args = parser.parse_args()
     settings = {
         f"Sinusoid2d, MLP 4×{args.width}, full batch (200)": (

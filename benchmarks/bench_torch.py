@@ -16,7 +16,6 @@ Writes benchmarks/results/bench_torch.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -24,6 +23,8 @@ import sys
 import time
 
 import numpy as np
+from _machine import describe
+from _machine import parser as make_parser
 
 try:
     import torch
@@ -123,18 +124,11 @@ def jax_steps(width: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--width", type=int, default=500)
-    parser.add_argument(
-        "--out", default=os.path.join(os.path.dirname(__file__), "results")
-    )
+    parser = make_parser(__doc__, rounds=True)
     args = parser.parse_args()
     if torch is None:
         print("PyTorch is not installed; skipping (pip install torch==2.13.0).")
         return
-    from _machine import describe
 
     jsteps, x, y = jax_steps(args.width)
     tsteps = torch_steps(x, y, args.width)

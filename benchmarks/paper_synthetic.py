@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 from _machine import describe
+from _machine import parser as make_parser
 from flax import nnx
 from tqdm import tqdm
 
@@ -97,16 +98,12 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--label-noise", type=float, default=0.1)
     parser.add_argument(
         "--datasets", nargs="+", choices=DATASETS, default=list(DATASETS)
-    )
-    parser.add_argument(
-        "--out", default=os.path.join(os.path.dirname(__file__), "results")
     )
     args = parser.parse_args()
     start = time.perf_counter()

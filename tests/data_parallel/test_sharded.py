@@ -120,6 +120,17 @@ FORMS = [
 ]
 
 
+def _step_body(tx, grads_fn):
+    """One training step: gradients (and extra arguments), update, apply."""
+
+    def body(params, state, x, y):
+        grads, extra = grads_fn(params, x, y)
+        updates, state = tx.update(grads, state, params, **extra)
+        return optax.apply_updates(params, updates), state
+
+    return body
+
+
 def _run(step, params, state, x, y, steps):
     history = []
     for _ in range(steps):
@@ -131,13 +142,7 @@ def _run(step, params, state, x, y, steps):
 @pytest.mark.parametrize("name", FORMS)
 def test_jit_with_sharded_batch_matches_one_device(mesh, name):
     tx, grads_fn = _form(name)
-
-    @jax.jit
-    def step(params, state, x, y):
-        grads, extra = grads_fn(params, x, y)
-        updates, state = tx.update(grads, state, params, **extra)
-        return optax.apply_updates(params, updates), state
-
+    step = jax.jit(_step_body(tx, grads_fn))
     x, y = _data()
     params = _params()
     single = _run(step, params, tx.init(params), x, y, 25)
@@ -294,26 +299,16 @@ def test_shard_map_forms_match_one_device(mesh, name):
             {"value_fn": functools.partial(global_loss, xb=xb, yb=yb)},
         )
 
-    def device_step(params, state, xb, yb):
-        grads, extra = grads_fn(params, xb, yb)
-        updates, state = tx.update(grads, state, params, **extra)
-        return optax.apply_updates(params, updates), state
-
     step = jax.jit(
         shard_map(
-            device_step,
+            _step_body(tx, grads_fn),
             mesh=mesh,
             in_specs=(P(), P(), P("data"), P("data")),
             out_specs=(P(), P()),
         )
     )
     ref_tx, ref_grads = _form(name)
-
-    @jax.jit
-    def ref_step(params, state, x, y):
-        grads, extra = ref_grads(params, x, y)
-        updates, state = ref_tx.update(grads, state, params, **extra)
-        return optax.apply_updates(params, updates), state
+    ref_step = jax.jit(_step_body(ref_tx, ref_grads))
 
     x, y = _data()
     params = _params()
