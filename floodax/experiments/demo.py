@@ -128,6 +128,7 @@ def _row(name: str, result: TrainResult) -> list[str]:
         f"{result.flood_level:g}",
         f"{h.test_accuracy[-1]:.4f}",
         f"{h.test_loss[-1]:.4f}",
+        f"{h.step_loss[-1]:.4f}",
         f"{h.train_loss[-1]:.4f}",
         f"{h.val_accuracy[-1]:.4f}",
         f"{share:.1%}",
@@ -135,12 +136,15 @@ def _row(name: str, result: TrainResult) -> list[str]:
 
 
 def format_table(rows: list[list[str]]) -> str:
-    """A plain-text table with a header row."""
+    """The results table. ``batch loss`` is the last epoch's mean mini-batch
+    loss in training mode, the loss flooding compares with ``b``; ``train
+    loss`` is the training split evaluated afterwards in inference mode."""
     header = [
         "run",
         "flood level",
         "test acc",
         "test loss",
+        "batch loss",
         "train loss",
         "val acc",
         "ascended",
