@@ -4,9 +4,9 @@ Three ways to train every level of the paper's grid {0, 0.01, …, 0.50}:
 
 * ``vmapped``: ``floodax.experiments.sweep_flood_levels``, one compiled
   program training all levels at once;
-* ``sequential, one program``: the same compiled epoch reused for each level
-  in turn (the flood level lives in the optimizer state, so it never
-  recompiles);
+* ``sequential, one program``: ``sweep_flood_levels(..., vectorized=False)``,
+  the same compiled epoch reused for each level in turn (the flood level
+  lives in the optimizer state, so it never recompiles);
 * ``sequential, train()``: ``floodax.experiments.train`` called per level,
   compiling each time, as a user looping over levels would.
 
@@ -27,7 +27,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 from _machine import describe
 from _machine import parser as make_parser
 from flax import nnx
@@ -41,20 +40,6 @@ from floodax.experiments import (
     sweep_flood_levels,
     train,
 )
-from floodax.experiments.training import _Runner
-
-
-def _sequential_one_program(model, data, config, levels):
-    runner = _Runner(nnx.clone(model), data, config)
-    epoch_fn = jax.jit(lambda s, st, e, d: runner.epoch(s, st, e, d, ("train", "val")))
-    initial = jax.jit(runner.initial)
-    finals = []
-    for b in levels:
-        state, stop = initial(runner.init_state, jnp.float32(b))
-        for epoch in range(config.epochs):
-            state, stop, _ = epoch_fn(state, stop, jnp.asarray(epoch), runner.data)
-        finals.append(runner.final_test(state, runner.data))
-    jax.block_until_ready(finals)
 
 
 def _timed(fn) -> float:
@@ -88,7 +73,11 @@ def main() -> None:
         t_vmap = _timed(
             lambda: sweep_flood_levels(model, data, config, levels, progress=False)
         )
-        t_one = _timed(lambda: _sequential_one_program(model, data, config, levels))
+        t_one = _timed(
+            lambda: sweep_flood_levels(
+                model, data, config, levels, progress=False, vectorized=False
+            )
+        )
         t_train = _timed(
             lambda: [
                 train(model, data, config, flood_level=b, progress=False)

@@ -166,6 +166,35 @@ def test_sweep_equals_individual_runs():
     assert sweep.best_flood_level == levels[best]
 
 
+@pytest.mark.parametrize("patience", [None, 2])
+def test_sequential_sweep_equals_vmapped_sweep(patience):
+    data, model = _small()
+    config = TrainConfig(
+        epochs=15,
+        optimizer="adam",
+        learning_rate=0.05,
+        batch_size=16,
+        early_stopping_patience=patience,
+    )
+    levels = [0.0, 0.3, 0.5]
+    vmapped = sweep_flood_levels(model, data, config, levels, progress=False)
+    sequential = sweep_flood_levels(
+        model, data, config, levels, progress=False, vectorized=False
+    )
+    for a, b in zip(vmapped.history, sequential.history, strict=True):
+        if a is None:  # a sweep evaluates the test split only at the end
+            assert b is None
+            continue
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(
+        vmapped.test_accuracy, sequential.test_accuracy, atol=1e-6
+    )
+    np.testing.assert_allclose(vmapped.ascent_share, sequential.ascent_share)
+    assert vmapped.best_index == sequential.best_index
+    if patience is not None:  # some level stopped before the others
+        assert not np.all(vmapped.history.active)
+
+
 def test_train_does_not_modify_the_model_and_records_every_epoch():
     data, model = _small()
     before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))

@@ -356,6 +356,63 @@ def train(
     )
 
 
+def _sweep_vmapped(runner: _Runner, levels: np.ndarray, desc: str, progress: bool):
+    epoch_fn = jax.jit(
+        jax.vmap(
+            lambda s, st, e, d: runner.epoch(s, st, e, d, ("train", "val")),
+            in_axes=(0, 0, None, None),
+        )
+    )
+    carry = jax.jit(jax.vmap(runner.initial, in_axes=(None, 0)))(
+        runner.init_state, jnp.asarray(levels, jnp.float32)
+    )
+    (state, _), records = _run_epochs(
+        runner, epoch_fn, carry, desc, progress, lambda a: not bool(np.any(a))
+    )
+    test_loss, test_acc = jax.jit(jax.vmap(runner.final_test, in_axes=(0, None)))(
+        state, runner.data
+    )
+    steps, ascents = jax.vmap(runner.counts)(state)
+    return records, test_loss, test_acc, steps, ascents
+
+
+def _sweep_sequential(runner: _Runner, levels: np.ndarray, desc: str, progress: bool):
+    epoch_fn = jax.jit(lambda s, st, e, d: runner.epoch(s, st, e, d, ("train", "val")))
+    initial = jax.jit(runner.initial)
+    final_test = jax.jit(runner.final_test)
+    per_level, finals = [], []
+    for i, b in enumerate(levels):
+        carry = initial(runner.init_state, jnp.float32(b))
+        (state, _), records = _run_epochs(
+            runner,
+            epoch_fn,
+            carry,
+            f"{desc}: {i + 1} (b={b:g})",
+            progress,
+            lambda a: not bool(a),
+        )
+        per_level.append(records)
+        finals.append((*final_test(state, runner.data), *runner.counts(state)))
+    # A level that stopped early keeps its last metrics, as in the vmapped run.
+    length = max(len(r) for r in per_level)
+    for records in per_level:
+        frozen = {
+            **records[-1],
+            "step_loss": np.nan,
+            "ascent_share": 0.0,
+            "active": False,
+        }
+        records.extend([frozen] * (length - len(records)))
+    stacked = [
+        {k: np.stack([np.asarray(r[e][k]) for r in per_level]) for k in per_level[0][e]}
+        for e in range(length)
+    ]
+    test_loss, test_acc, steps, ascents = (
+        np.stack(v) for v in zip(*finals, strict=True)
+    )
+    return stacked, test_loss, test_acc, steps, ascents
+
+
 def sweep_flood_levels(
     model: nnx.Module,
     dataset: Dataset,
@@ -363,12 +420,15 @@ def sweep_flood_levels(
     flood_levels: Sequence[float] = PAPER_GRID,
     *,
     progress: bool = True,
+    vectorized: bool = True,
 ) -> SweepResult:
     """Trains one copy of ``model`` per flood level, all in one vmapped run.
 
     Every level starts from the same initial model and sees the same
     mini-batches, so each equals :func:`train` at that level alone (to float
-    tolerance: batched matrix products may round differently). The best level
+    tolerance: batched matrix products may round differently, and a flood
+    decision on a loss within rounding of ``b`` can then go the other way,
+    after which the two runs part). The best level
     is the one with the highest final validation accuracy, ties going to the
     lower validation loss, as in the paper's selection on (noisy) validation
     data.
@@ -379,6 +439,12 @@ def sweep_flood_levels(
       config: a :class:`TrainConfig`.
       flood_levels: the levels to try; the paper's grid by default.
       progress: show a progress bar.
+      vectorized: ``True`` trains all levels at once with ``jax.vmap`` (what
+        fills an accelerator); ``False`` trains them one after another with
+        the same compiled epoch (the flood level is state, so nothing
+        recompiles), which was faster on a 2-core CPU, where XLA's batched
+        matrix products ran at about half the speed of separate ones (see
+        benchmarks/README.md). Both give the same results.
 
     Returns:
       A :class:`SweepResult`.
@@ -403,26 +469,9 @@ def sweep_flood_levels(
     for b in levels:
         floodax.flooded(jnp.float32(0), float(b))  # validates every level
     runner = _Runner(nnx.clone(model), dataset, config)
-    batched = jax.vmap(
-        lambda s, st, e, d: runner.epoch(s, st, e, d, ("train", "val")),
-        in_axes=(0, 0, None, None),
-    )
-    epoch_fn = jax.jit(batched)
-    carry = jax.jit(jax.vmap(runner.initial, in_axes=(None, 0)))(
-        runner.init_state, jnp.asarray(levels, jnp.float32)
-    )
-    (state, _), records = _run_epochs(
-        runner,
-        epoch_fn,
-        carry,
-        f"{len(levels)} flood levels",
-        progress,
-        lambda a: not bool(np.any(a)),
-    )
-    test_loss, test_acc = jax.jit(jax.vmap(runner.final_test, in_axes=(0, None)))(
-        state, runner.data
-    )
-    steps, ascents = jax.vmap(runner.counts)(state)
+    desc = f"{len(levels)} flood levels"
+    sweep = _sweep_vmapped if vectorized else _sweep_sequential
+    records, test_loss, test_acc, steps, ascents = sweep(runner, levels, desc, progress)
     history = _history(records, 1)
     final_acc, final_loss = history.val_accuracy[:, -1], history.val_loss[:, -1]
     best = int(np.lexsort((final_loss, -final_acc))[0])
