@@ -131,6 +131,23 @@ def _step_body(tx, grads_fn):
     return body
 
 
+def _lockstep(mesh, step, tx, ref_step, ref_tx, steps):
+    """Runs the sharded step and the one-device step side by side, asserting
+    equal parameters after every step; returns both final optimizer states."""
+    x, y = _data()
+    params = _params()
+    p_ref, ref_state = params, ref_tx.init(params)
+    with jax.set_mesh(mesh):
+        p = _shard(mesh, params, P())
+        state = _shard(mesh, tx.init(params), P())
+        xs, ys = _shard(mesh, x, P("data")), _shard(mesh, y, P("data"))
+        for _ in range(steps):
+            p, state = step(p, state, xs, ys)
+            p_ref, ref_state = ref_step(p_ref, ref_state, x, y)
+            _assert_close(p, p_ref)
+    return state, ref_state, p_ref
+
+
 def _run(step, params, state, x, y, steps):
     history = []
     for _ in range(steps):
@@ -173,9 +190,7 @@ def _device_losses(mesh, params, x, y):
 
 
 def test_flood_with_axis_name_under_shard_map_matches_one_device(mesh):
-    x, y = _data()
     tx = optax.chain(floodax.flood(FLOOD_LEVEL, axis_name="data"), optax.sgd(0.05))
-    ref_tx = optax.chain(floodax.flood(FLOOD_LEVEL), optax.sgd(0.05))
 
     def device_step(params, state, xb, yb):
         local = _loss(params, xb, yb)
@@ -194,28 +209,14 @@ def test_flood_with_axis_name_under_shard_map_matches_one_device(mesh):
         )
     )
 
-    @jax.jit
-    def ref_step(params, state, x, y):
-        loss, grads = jax.value_and_grad(_loss)(params, x, y)
-        updates, state = ref_tx.update(grads, state, params, value=loss)
-        return optax.apply_updates(params, updates), state
-
-    params = _params()
-    ref_state = ref_tx.init(params)
-    p_ref = params
-    with jax.set_mesh(mesh):
-        p = _shard(mesh, params, P())
-        state = _shard(mesh, tx.init(params), P())
-        xs, ys = _shard(mesh, x, P("data")), _shard(mesh, y, P("data"))
-        for _ in range(60):
-            p, state = step(p, state, xs, ys)
-            p_ref, ref_state = ref_step(p_ref, ref_state, x, y)
-            _assert_close(p, p_ref)
+    ref_tx, ref_grads = _form("flood")  # flood(b) then SGD on the whole batch
+    ref_step = jax.jit(_step_body(ref_tx, ref_grads))
+    state, ref_state, p_ref = _lockstep(mesh, step, tx, ref_step, ref_tx, 60)
     # The run flooded: it both ascended and descended ...
     ascents = int(ref_state[0].ascent_count)
     assert 0 < ascents < 60 and int(state[0].ascent_count) == ascents
     # ... while the devices' own losses straddled the level.
-    losses = _device_losses(mesh, p_ref, x, y)
+    losses = _device_losses(mesh, p_ref, *_data())
     assert losses.min() < FLOOD_LEVEL < losses.max()
 
 
@@ -309,18 +310,7 @@ def test_shard_map_forms_match_one_device(mesh, name):
     )
     ref_tx, ref_grads = _form(name)
     ref_step = jax.jit(_step_body(ref_tx, ref_grads))
-
-    x, y = _data()
-    params = _params()
-    p_ref, ref_state = params, ref_tx.init(params)
-    with jax.set_mesh(mesh):
-        p = _shard(mesh, params, P())
-        state = _shard(mesh, tx.init(params), P())
-        xs, ys = _shard(mesh, x, P("data")), _shard(mesh, y, P("data"))
-        for _ in range(25):
-            p, state = step(p, state, xs, ys)
-            p_ref, ref_state = ref_step(p_ref, ref_state, x, y)
-            _assert_close(p, p_ref)
+    _lockstep(mesh, step, tx, ref_step, ref_tx, 25)
 
 
 def test_tpu_colab_example_runs_on_all_devices():
