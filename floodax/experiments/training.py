@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 import floodax
+from floodax._validation import check_scalar_hyperparam
 from floodax.experiments.datasets import Dataset
 
 PAPER_GRID = tuple(round(0.01 * i, 2) for i in range(51))
@@ -337,7 +338,7 @@ def train(
     Returns:
       A :class:`TrainResult`.
     """
-    floodax.flooded(jnp.float32(0), flood_level)  # validates the level
+    check_scalar_hyperparam("flood_level", flood_level)
     runner = _Runner(nnx.clone(model), dataset, config)
     epoch_fn = jax.jit(
         lambda s, st, e, d: runner.epoch(s, st, e, d, ("train", "val", "test"))
@@ -467,7 +468,7 @@ def sweep_flood_levels(
             f"`flood_levels` must be a non-empty list, got shape {levels.shape}."
         )
     for b in levels:
-        floodax.flooded(jnp.float32(0), float(b))  # validates every level
+        check_scalar_hyperparam("flood_level", float(b))
     runner = _Runner(nnx.clone(model), dataset, config)
     desc = f"{len(levels)} flood levels"
     sweep = _sweep_vmapped if vectorized else _sweep_sequential
