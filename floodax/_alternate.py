@@ -68,7 +68,10 @@ def alternate(
     ``ε2 = α·lr`` and ``ε1 = (1 + α)·lr``). The recomputed gradient is the
     raw gradient of ``value_fn``: use this form with ``alternate`` alone or
     after transforms that leave the gradient as it is, since the chain's
-    earlier transforms cannot be rerun at the intermediate point.
+    earlier transforms cannot be rerun at the intermediate point. An optax
+    chain hands every extra argument to every member, so in a chain with
+    another transform that takes ``value_fn`` (such as
+    :func:`add_grad_norm_penalty`) ``alternate`` takes both steps too.
 
     With ``interval=n``, a pair is followed by ``n - 1`` plain descent steps
     of rate ``ε1 − ε2`` (the pair's net rate, Kaldi's ``lr``), as in Kaldi's
