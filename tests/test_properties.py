@@ -35,7 +35,11 @@ def test_flooded_is_at_least_the_level(losses, b):
 
 
 @SETTINGS
-@given(theta=vectors, scale=st.floats(0.01, 5.0), b=st.floats(0.0, 50.0))
+@given(
+    theta=vectors,
+    scale=st.floats(0.01, 5.0),
+    b=st.floats(0.0, 50.0, allow_subnormal=False),
+)
 def test_flooded_gradient_is_signed_gradient(theta, scale, b):
     loss_fn = lambda t: scale * jnp.sum(t**2) + jnp.sum(jnp.sin(t))  # noqa: E731
     theta = jnp.asarray(theta)
