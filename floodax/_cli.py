@@ -176,9 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from floodax._verify import run_verify
 
         if not args.largest_rate > 0:
-            _parser().error("--largest-rate must be positive")
+            parser.error("--largest-rate must be positive")
         if args.num_rates < 2:
-            _parser().error("--num-rates must be at least 2 to fit a slope")
+            parser.error("--num-rates must be at least 2 to fit a slope")
         lines, ok = run_verify(
             seed=args.seed, largest_rate=args.largest_rate, num_rates=args.num_rates
         )

@@ -126,15 +126,13 @@ def check_interval(interval: Any) -> None:
         ": `interval=1` alternates on every step, `interval=n` takes one pair "
         "then n - 1 plain descent steps"
     )
-    dtype = jnp.result_type(interval) if not callable(interval) else None
-    if (
-        isinstance(interval, bool)
-        or dtype is None
-        or not jnp.issubdtype(dtype, jnp.integer)
-        or np.shape(interval) != ()
-    ):
-        raise ValueError(f"`interval` must be an integer >= 1, got {interval!r}{fix}.")
-    if not _is_traced(interval) and int(np.asarray(interval)) < 1:
+    is_integer = (
+        not isinstance(interval, bool)
+        and not callable(interval)
+        and jnp.issubdtype(jnp.result_type(interval), jnp.integer)
+        and np.shape(interval) == ()
+    )
+    if not is_integer or (not _is_traced(interval) and int(np.asarray(interval)) < 1):
         raise ValueError(f"`interval` must be an integer >= 1, got {interval!r}{fix}.")
 
 

@@ -10,6 +10,7 @@ program, and each of its levels gives what training that level alone gives.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -292,20 +293,29 @@ def _history(records: list[dict], axis: int) -> History:
     )
 
 
+def _compiled(
+    runner: _Runner, splits: Sequence[str], *, batched: bool
+) -> tuple[Callable, Callable, Callable]:
+    """Jitted ``(epoch, initial, final_test)``; vmapped over runs if ``batched``."""
+    epoch = functools.partial(runner.epoch, splits=splits)
+    initial, final_test = runner.initial, runner.final_test
+    if batched:
+        epoch = jax.vmap(epoch, in_axes=(0, 0, None, None))
+        initial = jax.vmap(initial, in_axes=(None, 0))
+        final_test = jax.vmap(final_test, in_axes=(0, None))
+    return jax.jit(epoch), jax.jit(initial), jax.jit(final_test)
+
+
 def _run_epochs(
-    runner: _Runner,
-    epoch_fn: Callable,
-    carry: tuple,
-    desc: str,
-    progress: bool,
-    stop_when_all_inactive: Callable[[Any], bool],
+    runner: _Runner, epoch_fn: Callable, carry: tuple, desc: str, progress: bool
 ) -> tuple[tuple, list[dict]]:
+    """Runs the epochs until the last one or until every run has stopped."""
     records = []
     for epoch in _progress(runner.config.epochs, desc, progress):
         state, stop, metrics = epoch_fn(*carry, jnp.asarray(epoch), runner.data)
         carry = (state, stop)
         records.append(metrics)
-        if stop_when_all_inactive(stop.active):
+        if not np.any(stop.active):
             break
     return carry, records
 
@@ -340,14 +350,10 @@ def train(
     """
     check_scalar_hyperparam("flood_level", flood_level)
     runner = _Runner(nnx.clone(model), dataset, config)
-    epoch_fn = jax.jit(
-        lambda s, st, e, d: runner.epoch(s, st, e, d, ("train", "val", "test"))
-    )
-    carry = jax.jit(runner.initial)(
-        runner.init_state, jnp.asarray(flood_level, jnp.float32)
-    )
+    epoch_fn, initial, _ = _compiled(runner, ("train", "val", "test"), batched=False)
+    carry = initial(runner.init_state, jnp.asarray(flood_level, jnp.float32))
     (state, _), records = _run_epochs(
-        runner, epoch_fn, carry, f"b={flood_level:g}", progress, lambda a: not bool(a)
+        runner, epoch_fn, carry, f"b={flood_level:g}", progress
     )
     steps, ascents = runner.counts(state)
     trained, _ = nnx.merge(runner.graphdef, state)
@@ -358,39 +364,21 @@ def train(
 
 
 def _sweep_vmapped(runner: _Runner, levels: np.ndarray, desc: str, progress: bool):
-    epoch_fn = jax.jit(
-        jax.vmap(
-            lambda s, st, e, d: runner.epoch(s, st, e, d, ("train", "val")),
-            in_axes=(0, 0, None, None),
-        )
-    )
-    carry = jax.jit(jax.vmap(runner.initial, in_axes=(None, 0)))(
-        runner.init_state, jnp.asarray(levels, jnp.float32)
-    )
-    (state, _), records = _run_epochs(
-        runner, epoch_fn, carry, desc, progress, lambda a: not bool(np.any(a))
-    )
-    test_loss, test_acc = jax.jit(jax.vmap(runner.final_test, in_axes=(0, None)))(
-        state, runner.data
-    )
+    epoch_fn, initial, final_test = _compiled(runner, ("train", "val"), batched=True)
+    carry = initial(runner.init_state, jnp.asarray(levels, jnp.float32))
+    (state, _), records = _run_epochs(runner, epoch_fn, carry, desc, progress)
+    test_loss, test_acc = final_test(state, runner.data)
     steps, ascents = jax.vmap(runner.counts)(state)
     return records, test_loss, test_acc, steps, ascents
 
 
 def _sweep_sequential(runner: _Runner, levels: np.ndarray, desc: str, progress: bool):
-    epoch_fn = jax.jit(lambda s, st, e, d: runner.epoch(s, st, e, d, ("train", "val")))
-    initial = jax.jit(runner.initial)
-    final_test = jax.jit(runner.final_test)
+    epoch_fn, initial, final_test = _compiled(runner, ("train", "val"), batched=False)
     per_level, finals = [], []
     for i, b in enumerate(levels):
         carry = initial(runner.init_state, jnp.float32(b))
         (state, _), records = _run_epochs(
-            runner,
-            epoch_fn,
-            carry,
-            f"{desc}: {i + 1} (b={b:g})",
-            progress,
-            lambda a: not bool(a),
+            runner, epoch_fn, carry, f"{desc}: {i + 1} (b={b:g})", progress
         )
         per_level.append(records)
         finals.append((*final_test(state, runner.data), *runner.counts(state)))
