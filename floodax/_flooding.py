@@ -18,13 +18,18 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from floodax import _schedules as schedules
 from floodax._validation import (
+    axis_reduce,
+    check_broadcast_array,
     check_float_array,
     check_scalar_hyperparam,
     check_scalar_value,
+    check_values,
+    is_traced,
 )
 
 _NO_SCHEDULE_FIX = (
@@ -33,19 +38,42 @@ _NO_SCHEDULE_FIX = (
 )
 
 
-def _check_fixed_level(flood_level: Any) -> None:
+def _check_fixed_level(flood_level: Any, target_shape: tuple[int, ...]) -> None:
+    """A number, or an array of levels that broadcasts to the losses."""
     if callable(flood_level):
         raise TypeError(
-            "`flood_level` must be a number or a scalar array here, got a "
+            "`flood_level` must be a number or an array here, got a "
             f"callable{_NO_SCHEDULE_FIX}, or use the optax transformation "
             "`floodax.flood(schedule)`."
         )
-    check_scalar_hyperparam("flood_level", flood_level)
+    if np.shape(flood_level) == ():
+        check_scalar_hyperparam("flood_level", flood_level)
+        return
+    check_broadcast_array("flood_level", flood_level, target_shape, "losses")
+    if not is_traced(flood_level):
+        check_values("flood_level", flood_level)
 
 
-def _flood_elementwise(losses: jax.Array, flood_level: chex.Numeric) -> jax.Array:
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    try:
+        return jnp.broadcast_shapes(shape, target) == tuple(target)
+    except ValueError:
+        return False
+
+
+def _flood_elementwise(losses: jax.Array, flood_level: Any) -> jax.Array:
+    """``|L − b| + b`` whose gradient is ``sign(L − b)·∇L``, NaN for a NaN loss.
+
+    ``sign(L − b)`` is +1 at ``L == b`` (descent, as in :func:`flood`) and NaN
+    when ``L`` is NaN, so a NaN loss gives a NaN gradient instead of a silent
+    step in either direction (``jnp.abs`` would give ``-∇L``: an ascent). The
+    sign is constant almost everywhere and carries no gradient; ``sign·(L − b)``
+    equals ``|L − b|`` exactly, since multiplying by ±1 is exact.
+    """
     level = jnp.asarray(flood_level, losses.dtype)
-    return jnp.abs(losses - level) + level
+    gap = losses - level
+    sign = jnp.where(jnp.isnan(gap), jnp.nan, jnp.where(gap >= 0, 1.0, -1.0))
+    return jax.lax.stop_gradient(sign.astype(losses.dtype)) * gap + level
 
 
 def flooded(loss: chex.Array, flood_level: chex.Numeric) -> jax.Array:
@@ -59,28 +87,34 @@ def flooded(loss: chex.Array, flood_level: chex.Numeric) -> jax.Array:
     Above the flood level ``b`` the flooded loss equals the loss and its
     gradient is the ordinary one; below ``b`` the gradient is negated, so a
     step of gradient descent becomes a step of ascent. At ``L == b`` the
-    gradient is that of descent (JAX differentiates ``|x|`` as ``+1`` at 0),
-    as in :func:`flood`.
+    gradient is that of descent, as in :func:`flood`.
+
+    **NaN.** A NaN loss gives a NaN flooded loss *and a NaN gradient*, as
+    :func:`flood` gives NaN updates: a broken step is never silently taken
+    as descent or ascent (``jnp.abs`` alone would differentiate to ``-∇L``,
+    an ascent). Chain ``optax.apply_if_finite`` to skip such steps.
 
     The flood level is cast to the loss's dtype, so a ``bfloat16`` loss stays
-    ``bfloat16``. A NaN loss stays NaN.
+    ``bfloat16``. The gradient with respect to ``b`` (for meta-learning the
+    level) is ``1 - sign(L - b)``: 0 above the level, 2 below it.
 
     Args:
       loss: floating-point array of loss values, usually the scalar mean
         mini-batch loss (flooding applies to the mean; see :func:`iflooded`
         for the per-example form).
-      flood_level: the flood level ``b >= 0``, a Python number or a scalar
-        array. It may be traced, so it can be swept with ``jax.vmap`` or
-        changed between calls of a jitted function without recompiling.
+      flood_level: the flood level ``b >= 0``: a Python number or a scalar
+        array, or an array of levels that broadcasts to ``loss``'s shape. It
+        may be traced, so it can be swept with ``jax.vmap`` or changed
+        between calls of a jitted function without recompiling.
 
     Returns:
       ``|loss - b| + b`` with the shape and dtype of ``loss``.
 
     Raises:
       TypeError: ``loss`` is not floating point, or ``flood_level`` is a
-        callable.
-      ValueError: ``flood_level`` is not a scalar, or is concretely
-        negative, NaN or infinite.
+        callable or not a real number.
+      ValueError: ``flood_level`` does not broadcast to ``loss``, or is
+        concretely negative, NaN or infinite.
 
     Examples:
       >>> import jax, jax.numpy as jnp, floodax
@@ -91,14 +125,43 @@ def flooded(loss: chex.Array, flood_level: chex.Numeric) -> jax.Array:
       [2.]
       >>> print(jax.grad(loss_fn)(jnp.array([0.1])))  # loss 0.01 below b
       [-0.2]
+      >>> nan_loss = lambda w: floodax.flooded(jnp.sum(w) + jnp.nan, 0.2)
+      >>> print(jax.grad(nan_loss)(jnp.array([1.0])))  # no silent direction
+      [nan]
 
     References:
       Ishida, Yamane, Sakai, Niu and Sugiyama, "Do We Need Zero Training Loss
       After Achieving Zero Training Error?", ICML 2020.
     """
     loss = check_float_array("loss", loss)
-    _check_fixed_level(flood_level)
+    _check_fixed_level(flood_level, loss.shape)
     return _flood_elementwise(loss, flood_level)
+
+
+def _check_where(where: Any, shape: tuple[int, ...]) -> jax.Array | None:
+    if where is None:
+        return None
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+        raise TypeError(
+            f"`where` must be a boolean mask, got dtype {where.dtype}. "
+            "Pass e.g. `where=mask > 0`."
+        )
+    if not _broadcasts_to(where.shape, shape):
+        raise ValueError(
+            f"`where` of shape {where.shape} does not broadcast to "
+            f"`losses` of shape {shape}; pass one flag per example."
+        )
+    return where
+
+
+def _check_weights(weights: Any, shape: tuple[int, ...]) -> Any:
+    if weights is None:
+        return None
+    check_broadcast_array("weights", weights, shape, "losses")
+    if not is_traced(weights):
+        check_values("weights", weights)
+    return weights
 
 
 def iflooded(
@@ -106,38 +169,63 @@ def iflooded(
     flood_level: chex.Numeric,
     *,
     where: chex.Array | None = None,
+    weights: chex.Array | None = None,
+    axis_name: str | None = None,
 ) -> jax.Array:
     r"""Individual flooding (iFlood): the mean of per-example flooded losses.
 
     .. math::
 
-      \tilde L = \frac{1}{n} \sum_{i=1}^n \big(|\ell_i - b| + b\big), \qquad
-      \nabla \tilde L = \frac{1}{n} \sum_i \operatorname{sign}(\ell_i - b)\,
-      \nabla \ell_i
+      \tilde L = \frac{\sum_i w_i\,\big(|\ell_i - b_i| + b_i\big)}{\sum_i w_i},
+      \qquad
+      \nabla \tilde L = \frac{\sum_i w_i \operatorname{sign}(\ell_i - b_i)\,
+      \nabla \ell_i}{\sum_i w_i}
 
-    Unlike :func:`flooded`, which flips the whole mini-batch gradient when the
-    mean loss falls below ``b``, iFlood flips only the examples that are
-    already fitted below ``b``, and keeps descending on the others.
+    with ``w_i = 1`` and one level ``b`` for all examples by default: the
+    plain mean. Unlike :func:`flooded`, which flips the whole mini-batch
+    gradient when the mean loss falls below ``b``, iFlood flips only the
+    examples that are already fitted below their level, and keeps descending
+    on the others.
+
+    * **Per-example levels** ``b_i`` (an array that broadcasts to ``losses``)
+      give AdaFlood (see :func:`adaflood_levels`).
+    * **Weights** ``w_i`` give a weighted mean, e.g. a sequence model that
+      floods each sequence's mean token loss weighted by its length, as
+      AdaFlood's event-sequence form does.
+    * **where** leaves masked entries (padding) out of sum and count; a
+      masked entry contributes nothing, not even a NaN.
+    * **axis_name** forms the *global* mean over a mapped axis
+      (``shard_map``, ``pmap``, named ``vmap``): the weighted sums and the
+      weight totals are ``psum``-ed separately, so the result is exact even
+      when each device masks a different number of examples (a ``pmean`` of
+      per-device means is not).
+
+    A NaN loss of an unmasked example makes the result and its gradient NaN
+    (see :func:`flooded`). With every entry masked, or all weights zero,
+    there is no mean and the result is NaN, as ``jnp.mean`` gives. Sums are
+    accumulated in at least float32; the result has the dtype of ``losses``.
 
     Args:
       losses: floating-point array of per-example losses; every element is
         one example (for token-level losses of shape ``(batch, length)``,
         every token).
-      flood_level: the flood level ``b >= 0``, a number or a (possibly
-        traced) scalar array.
+      flood_level: the flood level ``b >= 0``: a number or a (possibly
+        traced) scalar array, or an array of per-example levels that
+        broadcasts to ``losses``.
       where: optional boolean mask broadcastable to ``losses``; ``False``
-        entries (padding) are left out of the mean. A batch with every entry
-        masked has no mean and gives NaN, as ``jnp.mean`` does.
+        entries are left out.
+      weights: optional non-negative weights broadcastable to ``losses``.
+      axis_name: optional name of a mapped axis to take the mean over.
 
     Returns:
       A scalar of the dtype of ``losses``.
 
     Raises:
       TypeError: ``losses`` is not floating point, ``where`` is not boolean,
-        or ``flood_level`` is a callable.
-      ValueError: ``where`` does not broadcast to ``losses``, or
-        ``flood_level`` is not a scalar, or concretely negative, NaN or
-        infinite.
+        or ``flood_level``/``weights`` are not real numbers.
+      ValueError: ``where``, ``weights`` or an array ``flood_level`` does
+        not broadcast to ``losses``; a concrete level or weight is negative,
+        NaN or infinite; ``axis_name`` names no mapped axis.
 
     Examples:
       >>> import jax.numpy as jnp, floodax
@@ -146,30 +234,39 @@ def iflooded(
       0.55
       >>> print(floodax.iflooded(losses, 0.2, where=jnp.array([1, 1, 1, 0]) > 0))
       0.5
+      >>> levels = jnp.array([0.2, 0.2, 0.5, 0.5])  # one level per example
+      >>> print(floodax.iflooded(losses, levels))
+      0.65
+      >>> print(floodax.iflooded(losses, 0.2, weights=jnp.array([3, 1, 0, 0])))
+      0.75
 
     References:
       Xie, Wang, Liu, Zhang, Shi and Wang, "iFlood: A Stable and Effective
       Regularizer", ICLR 2022.
+      Bae, Choi, Jeong, Jang, Lee and Hwang, "AdaFlood: Adaptive Flood
+      Regularization", TMLR 2024.
     """
     losses = check_float_array("losses", losses)
-    _check_fixed_level(flood_level)
-    if where is not None:
-        where = jnp.asarray(where)
-        if where.dtype != jnp.bool_:
-            raise TypeError(
-                f"`where` must be a boolean mask, got dtype {where.dtype}. "
-                "Pass e.g. `where=mask > 0`."
-            )
-        try:
-            shape = jnp.broadcast_shapes(where.shape, losses.shape)
-        except ValueError:
-            shape = None
-        if shape != losses.shape:
-            raise ValueError(
-                f"`where` of shape {where.shape} does not broadcast to "
-                f"`losses` of shape {losses.shape}; pass one flag per example."
-            )
-    return jnp.mean(_flood_elementwise(losses, flood_level), where=where)
+    _check_fixed_level(flood_level, losses.shape)
+    mask = _check_where(where, losses.shape)
+    weights = _check_weights(weights, losses.shape)
+    accumulate = jnp.promote_types(losses.dtype, jnp.float32)
+    if mask is not None:
+        # Masked entries are replaced before flooding: a NaN there must not
+        # reach the sum or its gradient.
+        losses = jnp.where(mask, losses, jnp.zeros((), losses.dtype))
+    terms = _flood_elementwise(losses, flood_level).astype(accumulate)
+    weight = jnp.ones(losses.shape, accumulate)
+    if weights is not None:
+        weight = jnp.broadcast_to(jnp.asarray(weights, accumulate), losses.shape)
+    if mask is not None:
+        weight = jnp.where(mask, weight, jnp.zeros((), accumulate))
+    total, count = jnp.sum(weight * terms), jnp.sum(weight)
+    if axis_name is not None:
+        total, count = axis_reduce(
+            jax.lax.psum, (total, count), axis_name, "floodax.iflooded"
+        )
+    return (total / count).astype(losses.dtype)
 
 
 class FloodState(NamedTuple):
@@ -297,7 +394,7 @@ def flood(
             )
         value = check_scalar_value("value", value)
         if axis_name is not None:
-            value = jax.lax.pmean(value, axis_name)
+            value = axis_reduce(jax.lax.pmean, value, axis_name, "floodax.flood")
         level = schedules.evaluate("flood_level", flood_level, state.count)
         ascend = value < jnp.asarray(level, value.dtype)
         is_nan = jnp.isnan(value)

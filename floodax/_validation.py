@@ -1,22 +1,67 @@
 """Argument checks shared by every floodax transform.
 
-Checks run on what is known when a function is called: shapes and dtypes
-always (they are static under ``jit``), values only when they are concrete.
-A traced hyperparameter (under ``jit``, ``vmap`` or ``optax.inject_hyperparams``)
-cannot be inspected without a host round trip, so its value is trusted.
+Checks run on what is known when a function is called: types, shapes and
+dtypes always (they are static under ``jit``), values only when they are
+concrete. A traced hyperparameter (under ``jit``, ``vmap`` or
+``optax.inject_hyperparams``) cannot be inspected without a host round trip,
+so its value is trusted.
 """
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 
-def _is_traced(x: Any) -> bool:
+def is_traced(x: Any) -> bool:
+    """Whether ``x`` is an abstract value inside a JAX transformation."""
     return isinstance(x, jax.core.Tracer)
+
+
+def _type_error(name: str, value: Any, fix: str) -> TypeError:
+    kind = type(value).__name__
+    if value is None:
+        hint = "; it cannot be None"
+    elif isinstance(value, str):
+        hint = f"; pass the number itself, e.g. `{name}=float({value!r})`"
+    elif isinstance(value, numbers.Number) or hasattr(value, "__float__"):
+        hint = f"; convert it first: `{name}=float(value)`"
+    else:
+        hint = ""
+    return TypeError(
+        f"`{name}` must be a real number (a Python int or float, or a real "
+        f"JAX/NumPy scalar array), got {kind} {value!r}{hint}{fix}."
+    )
+
+
+def as_real_array(name: str, value: Any, *, fix: str = "") -> Any:
+    """Checks that ``value`` is a real number or real array; returns its shape
+    and dtype carrier (the value itself, or ``np.asarray`` of a NumPy scalar).
+
+    Accepted: Python ``int`` and ``float`` (not ``bool``), NumPy real scalars,
+    and NumPy or JAX arrays (traced ones included) of integer or floating
+    dtype. Rejected with a ``TypeError`` that names ``name``: strings,
+    ``None``, ``bool``, complex numbers, ``decimal.Decimal``,
+    ``fractions.Fraction`` and any other object.
+    """
+    if isinstance(value, bool | np.bool_):
+        raise _type_error(name, value, fix)
+    if isinstance(value, int | float | np.integer | np.floating):
+        return value
+    if isinstance(value, np.ndarray | jax.Array):
+        dtype = value.dtype
+        if jnp.issubdtype(dtype, jnp.bool_) or not (
+            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+        ):
+            raise TypeError(f"`{name}` must be a real number, got dtype {dtype}{fix}.")
+        return value
+    raise _type_error(name, value, fix)
 
 
 def check_scalar_hyperparam(
@@ -33,6 +78,7 @@ def check_scalar_hyperparam(
     """
     if callable(value):
         return
+    as_real_array(name, value, fix=fix)
     shape = np.shape(value)
     if shape != ():
         raise ValueError(
@@ -40,20 +86,51 @@ def check_scalar_hyperparam(
             f"Pass one number per transformation (use `jax.vmap` to sweep "
             f"several values){fix}."
         )
-    dtype = jnp.result_type(value)
-    if not (
-        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
-    ) or jnp.issubdtype(dtype, jnp.bool_):
-        raise TypeError(f"`{name}` must be a real number, got dtype {dtype}{fix}.")
-    if _is_traced(value):
+    if is_traced(value):
         return
-    number = float(np.asarray(value))
-    if not np.isfinite(number):
-        raise ValueError(f"`{name}` must be finite, got {number}{fix}.")
-    if positive and number <= 0:
-        raise ValueError(f"`{name}` must be positive, got {number}{fix}.")
-    if number < 0:
-        raise ValueError(f"`{name}` must be non-negative, got {number}{fix}.")
+    check_values(name, value, positive=positive, fix=fix)
+
+
+def check_values(
+    name: str, value: Any, *, positive: bool = False, fix: str = ""
+) -> None:
+    """Raises unless every element of the concrete ``value`` is finite and
+    non-negative (positive with ``positive=True``)."""
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float64)
+
+    def describe(bad: np.ndarray) -> str:
+        # The element in its own dtype: float32(0.1) prints as 0.1.
+        text = str(bad.flat[0])
+        return text if array.ndim == 0 else f"{text} (an element of the array)"
+
+    bad = array[~np.isfinite(array)]
+    if bad.size:
+        raise ValueError(f"`{name}` must be finite, got {describe(bad)}{fix}.")
+    bad = array[array <= 0] if positive else array[array < 0]
+    if bad.size:
+        word = "positive" if positive else "non-negative"
+        raise ValueError(f"`{name}` must be {word}, got {describe(bad)}{fix}.")
+
+
+def check_broadcast_array(
+    name: str, value: Any, target_shape: tuple[int, ...], what: str
+) -> None:
+    """Raises unless ``value`` (a number or a real array) broadcasts to
+    ``target_shape`` without changing it; ``what`` names the target."""
+    as_real_array(name, value)
+    shape = np.shape(value)
+    try:
+        result = jnp.broadcast_shapes(shape, target_shape)
+    except ValueError:
+        result = None
+    if result != tuple(target_shape):
+        raise ValueError(
+            f"`{name}` of shape {shape} does not broadcast to `{what}` of shape "
+            f"{tuple(target_shape)}; pass a scalar or one value per element of "
+            f"`{what}`."
+        )
 
 
 SCHEDULE_FIX = " (the value came from the schedule passed as this argument)"
@@ -83,6 +160,49 @@ def check_scalar_value(name: str, value: Any) -> jax.Array:
     return array
 
 
+def check_int(name: str, value: Any, *, minimum: int, fix: str = "") -> None:
+    """Raises unless ``value`` is a Python or NumPy integer ``>= minimum``."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(
+            f"`{name}` must be an integer >= {minimum}, got "
+            f"{type(value).__name__} {value!r}{fix}."
+        )
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value}{fix}.")
+
+
+def check_real(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Returns the concrete real number ``value`` as a float, checked to be
+    finite and inside the interval given by ``low``/``high``."""
+    as_real_array(name, value)
+    if np.shape(value) != ():
+        raise ValueError(
+            f"`{name}` must be a single number, got shape {np.shape(value)}."
+        )
+    number = float(np.asarray(value))
+    if not np.isfinite(number):
+        raise ValueError(f"`{name}` must be finite, got {number}.")
+    too_low = low is not None and (number <= low if low_open else number < low)
+    too_high = high is not None and (number >= high if high_open else number > high)
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        interval = (
+            f"{left}{'-inf' if low is None else f'{low:g}'}, "
+            f"{'inf' if high is None else f'{high:g}'}{right}"
+        )
+        raise ValueError(f"`{name}` must lie in {interval}, got {number}.")
+    return number
+
+
 def require_params(params: Any, transform: str) -> None:
     """Raises a ``TypeError`` when ``update`` was called without ``params``."""
     if params is None:
@@ -92,31 +212,33 @@ def require_params(params: Any, transform: str) -> None:
         )
 
 
-def check_rate_order(descent_rate: Any, ascent_rate: Any, *, strict: bool) -> None:
+def check_rate_order(
+    descent_rate: Any, ascent_rate: Any, *, strict: bool, fix: str = ""
+) -> None:
     """Raises when concrete rates break ``descent_rate > ascent_rate``.
 
     With ``strict=False`` equal rates (flooding's pair) are allowed.
     """
     if callable(descent_rate) or callable(ascent_rate):
         return
-    if _is_traced(descent_rate) or _is_traced(ascent_rate):
+    if is_traced(descent_rate) or is_traced(ascent_rate):
         return
-    descent, ascent = float(np.asarray(descent_rate)), float(np.asarray(ascent_rate))
+    descent, ascent = np.asarray(descent_rate)[()], np.asarray(ascent_rate)[()]
     if descent > ascent or (not strict and descent == ascent):
         return
     if strict:
         raise ValueError(
-            f"`descent_rate` ({descent}) must exceed `ascent_rate` ({ascent}): "
+            f"`descent_rate` ({descent!s}) must exceed `ascent_rate` ({ascent!s}): "
             "the equivalent penalty ε1·ε2/(2(ε1 − ε2)) is defined only for "
             "ε1 > ε2. For equal rates (flooding at its level) the loss term "
             "vanishes and the pair is a step of ε²/2 on ‖∇L‖² alone: use "
-            "`floodax.flooding_penalty_rate(rate)`."
+            f"`floodax.flooding_penalty_rate(rate)`{fix}."
         )
     raise ValueError(
-        f"`descent_rate` ({descent}) must be at least `ascent_rate` ({ascent}): "
+        f"`descent_rate` ({descent!s}) must be at least `ascent_rate` ({ascent!s}): "
         "otherwise every pair of steps ascends on net and training diverges. "
         "Swap the two rates, or use `ascent_first=True` for Kaldi's backstitch "
-        "order."
+        f"order{fix}."
     )
 
 
@@ -127,12 +249,12 @@ def check_interval(interval: Any) -> None:
         "then n - 1 plain descent steps"
     )
     is_integer = (
-        not isinstance(interval, bool)
-        and not callable(interval)
+        not isinstance(interval, bool | np.bool_)
+        and isinstance(interval, int | np.integer | np.ndarray | jax.Array)
         and jnp.issubdtype(jnp.result_type(interval), jnp.integer)
         and np.shape(interval) == ()
     )
-    if not is_integer or (not _is_traced(interval) and int(np.asarray(interval)) < 1):
+    if not is_integer or (not is_traced(interval) and int(np.asarray(interval)) < 1):
         raise ValueError(f"`interval` must be an integer >= 1, got {interval!r}{fix}.")
 
 
@@ -155,3 +277,60 @@ def check_matching_trees(updates: Any, params: Any, transform: str) -> None:
                 f"{transform}: an update of shape {np.shape(u)} does not match "
                 f"its parameter of shape {np.shape(p)}."
             )
+
+
+def _is_masked_node(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
+
+
+def check_value_fn_params(params: Any, transform: str, supported: str) -> None:
+    """Raises when ``params`` cannot be handed to ``value_fn``.
+
+    ``value_fn`` is the user's loss of the *whole* parameter tree. Inside
+    ``optax.masked`` or ``optax.multi_transform`` a transformation sees only
+    the selected leaves (the others are ``optax.MaskedNode``), so it cannot
+    evaluate the loss at a moved point; ``supported`` says what to do instead.
+    Integer leaves cannot be differentiated, and an empty tree has nothing to
+    differentiate.
+    """
+    leaves = jax.tree.leaves(params, is_leaf=_is_masked_node)
+    if any(_is_masked_node(leaf) for leaf in leaves):
+        raise TypeError(
+            f"{transform} received parameters masked by `optax.masked` or "
+            "`optax.multi_transform`: it evaluates `value_fn` at the full "
+            f"parameters, which a masked transformation never sees. {supported}"
+        )
+    if not leaves:
+        raise ValueError(
+            f"{transform}: `params` has no array leaves, so there is nothing to "
+            "differentiate `value_fn` with respect to; pass the model's "
+            "parameters."
+        )
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{transform}: `params` has a leaf of dtype {dtype} at "
+                f"{jax.tree_util.keystr(path) or 'the root'}; `value_fn` is "
+                "differentiated with respect to every leaf, and integer or "
+                "boolean leaves have no gradient. Keep integer state out of the "
+                "parameters (e.g. in a separate argument closed over by "
+                "`value_fn`)."
+            )
+
+
+def axis_reduce(
+    reduce: Callable[[Any, str], Any], x: Any, axis_name: str, who: str
+) -> Any:
+    """``reduce(x, axis_name)`` (``jax.lax.psum``/``pmean``), with a clear
+    error when no mapped axis of that name is bound here."""
+    try:
+        return reduce(x, axis_name)
+    except NameError as error:
+        raise ValueError(
+            f"{who}: `axis_name={axis_name!r}` names no mapped axis here. Call "
+            f"it inside `jax.shard_map`, `jax.pmap` or `jax.vmap(..., "
+            f"axis_name={axis_name!r})` over that axis; under plain `jax.jit` "
+            "with a sharded batch the loss is already global, so leave "
+            "`axis_name=None`."
+        ) from error

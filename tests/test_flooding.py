@@ -118,9 +118,58 @@ def test_vmap_over_flood_levels_equals_loop(mlp):
         assert_trees_allclose(jax.tree.map(lambda g, i=i: g[i], batched), grads_at(b))
 
 
-def test_nan_loss_stays_nan_in_loss_transforms():
-    assert np.isnan(floodax.flooded(jnp.float32(jnp.nan), 0.1))
-    assert np.isnan(floodax.iflooded(jnp.array([0.2, jnp.nan]), 0.1))
+DTYPES = [jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64]
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("level", [0.0, 0.3, 100.0])
+def test_nan_loss_gives_nan_value_and_gradient_never_a_direction(dtype, level):
+    # The loss is NaN but its gradient is finite (a NaN constant added): the
+    # flooded gradient must be NaN, not -∇L (ascent) or ∇L (descent), as the
+    # flood transformation's updates are.
+    w = jnp.array([1.0, -2.0], dtype)
+
+    def loss(w):
+        return jnp.sum(w * w) + jnp.asarray(jnp.nan, dtype)
+
+    assert np.all(np.isfinite(np.asarray(jax.grad(loss)(w), np.float32)))
+    value = floodax.flooded(loss(w), level)
+    grad = jax.grad(lambda w: floodax.flooded(loss(w), level))(w)
+    assert value.dtype == grad.dtype == dtype
+    assert np.isnan(np.asarray(value, np.float32))
+    assert np.all(np.isnan(np.asarray(grad, np.float32)))
+    tx = floodax.flood(level)
+    updates, state = tx.update(jax.grad(loss)(w), tx.init(w), value=loss(w))
+    assert updates.dtype == dtype
+    assert np.all(np.isnan(np.asarray(updates, np.float32)))
+    assert int(state.ascent_count) == 0
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_iflooded_nan_example_poisons_unless_masked(dtype):
+    w = jnp.array([0.5, 0.0], dtype)
+    x = jnp.array([[1.0, 2.0], [3.0, 1.0]], dtype)
+
+    def losses(w):
+        # Both examples depend on both weights; example 1 is NaN, with a
+        # finite gradient of its own.
+        return (x @ w) ** 2 + jnp.array([0.0, jnp.nan], dtype)
+
+    grad = jax.grad(lambda w: floodax.iflooded(losses(w), 0.3))(w)
+    assert grad.dtype == dtype
+    assert np.all(np.isnan(np.asarray(grad, np.float32)))
+    assert np.isnan(np.asarray(floodax.iflooded(losses(w), 0.3), np.float32))
+    # Masked out, the NaN example contributes nothing, not even to the
+    # gradient: the result is example 0 flooded alone: its loss 0.25 is
+    # below 0.3, so the value is 0.35 and the gradient -2·(x₀·w)·x₀.
+    mask = jnp.array([True, False])
+    value, grad = jax.value_and_grad(
+        lambda w: floodax.iflooded(losses(w), 0.3, where=mask)
+    )(w)
+    np.testing.assert_allclose(np.asarray(value, np.float64), 0.35, rtol=1e-2)
+    np.testing.assert_allclose(np.asarray(grad, np.float64), [-1.0, -2.0], rtol=1e-2)
 
 
 # ---------------------------------------------------------------- bad input
@@ -133,7 +182,6 @@ def test_nan_loss_stays_nan_in_loss_transforms():
         (float("nan"), ValueError, "`flood_level` must be finite, got nan"),
         (float("inf"), ValueError, "`flood_level` must be finite, got inf"),
         (jnp.array(-1.0), ValueError, "`flood_level` must be non-negative"),
-        (jnp.array([0.1, 0.2]), ValueError, r"`flood_level` must be a scalar.*\(2,\)"),
         (True, TypeError, "`flood_level` must be a real number"),
         (1j, TypeError, "`flood_level` must be a real number"),
     ],
@@ -146,6 +194,23 @@ def test_bad_flood_level(bad, error, match):
     ):
         with pytest.raises(error, match=match):
             call()
+
+
+def test_array_flood_level_must_broadcast_to_the_losses():
+    # The loss transforms take one level per element; the transformation
+    # floods one scalar loss and needs one level.
+    with pytest.raises(ValueError, match=r"`flood_level` of shape \(2,\) does not"):
+        floodax.flooded(jnp.float32(1.0), jnp.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"`flood_level` of shape \(2,\) does not"):
+        floodax.iflooded(jnp.ones(3), jnp.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"`flood_level` must be a scalar.*\(2,\)"):
+        floodax.flood(jnp.array([0.1, 0.2]))
+    with pytest.raises(
+        ValueError,
+        match=r"`flood_level` must be non-negative, got "
+        r"-0.1 \(an element",
+    ):
+        floodax.iflooded(jnp.ones(2), jnp.array([0.1, -0.1]))
 
 
 def test_loss_transforms_reject_schedules():
@@ -470,11 +535,20 @@ def test_flood_in_scan_floats_around_the_level(x64):
     assert 0.3 < share < 0.6
 
 
-def test_axis_name_takes_the_decision_on_the_mean_loss():
-    # Per-device losses 0.1 and 0.5 straddle b = 0.25; the mean 0.3 is above
-    # it, so every device descends, as one device would on the whole batch.
-    values = jnp.array([0.1, 0.5])
-    grads = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+@pytest.mark.parametrize(
+    "values, ascend",
+    [
+        # Mean 0.3 above b = 0.25 although one device is below: all descend
+        # (a min would ascend).
+        ([0.1, 0.5], False),
+        # Mean 0.2 below b although one device is above: all ascend (a max
+        # or a sum, 0.8, would descend).
+        ([0.1, 0.1, 0.1, 0.5], True),
+    ],
+)
+def test_axis_name_takes_the_decision_on_the_mean_loss(values, ascend):
+    values = jnp.array(values)
+    grads = jnp.arange(1.0, 2 * len(values) + 1).reshape(len(values), 2)
 
     def per_device(tx, g, v):
         return tx.update(g, tx.init(g), value=v)[0]
@@ -482,11 +556,56 @@ def test_axis_name_takes_the_decision_on_the_mean_loss():
     synced = jax.vmap(
         functools.partial(per_device, floodax.flood(0.25, axis_name="d")), axis_name="d"
     )
-    np.testing.assert_array_equal(synced(grads, values), grads)
+    np.testing.assert_array_equal(synced(grads, values), -grads if ascend else grads)
     unsynced = jax.vmap(functools.partial(per_device, floodax.flood(0.25)))
-    np.testing.assert_array_equal(
-        unsynced(grads, values), np.array([[-1.0, -2.0], [3.0, 4.0]])
+    alone = np.where((values < 0.25)[:, None], -grads, grads)
+    np.testing.assert_array_equal(unsynced(grads, values), alone)
+
+
+@pytest.mark.usefixtures("x64")
+def test_iflooded_axis_name_is_the_global_masked_weighted_mean():
+    # Four "devices" (a named vmap) keep 5, 1, 3 and 0 of their 5 examples:
+    # the exact global mean sums and counts over all of them, which the mean
+    # of per-device means (pmean) is not.
+    losses = jax.random.uniform(jax.random.key(0), (4, 5), jnp.float64, 0.0, 2.0)
+    mask = jnp.arange(5)[None, :] < jnp.array([5, 1, 3, 0])[:, None]
+    weights = jax.random.uniform(jax.random.key(1), (4, 5), jnp.float64, 0.5, 2.0)
+    b = 0.7
+
+    def per_device(example_losses, m, w):
+        return floodax.iflooded(example_losses, b, where=m, weights=w, axis_name="d")
+
+    synced = jax.vmap(per_device, axis_name="d")(losses, mask, weights)
+    whole = floodax.iflooded(
+        losses.ravel(), b, where=mask.ravel(), weights=weights.ravel()
     )
+    np.testing.assert_allclose(synced, np.full(4, whole), rtol=1e-14)
+    flooded = np.abs(np.asarray(losses) - b) + b
+    w = np.asarray(weights) * np.asarray(mask)
+    np.testing.assert_allclose(whole, (w * flooded).sum() / w.sum(), rtol=1e-14)
+    # Per-device means averaged, as README once advised, give another number
+    # (device 3 has no example and contributes NaN).
+    means = [
+        floodax.iflooded(losses[k], b, where=mask[k], weights=weights[k])
+        for k in range(3)
+    ]
+    assert abs(float(np.mean(means)) - float(whole)) > 0.01
+    unweighted = jax.vmap(
+        lambda e, m: floodax.iflooded(e, b, where=m, axis_name="d"), axis_name="d"
+    )(losses, mask)
+    np.testing.assert_allclose(
+        unweighted, floodax.iflooded(losses.ravel(), b, where=mask.ravel()), rtol=1e-14
+    )
+
+
+def test_axis_name_outside_a_mapped_context_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"`axis_name='data'` names no mapped axis"):
+        floodax.iflooded(jnp.ones(3), 0.1, axis_name="data")
+    tx = floodax.flood(0.1, axis_name="data")
+    with pytest.raises(ValueError, match=r"floodax.flood: `axis_name='data'`"):
+        jax.jit(lambda v: tx.update(jnp.ones(2), tx.init(jnp.ones(2)), value=v))(
+            jnp.float32(1.0)
+        )
 
 
 def test_traced_flood_level_inside_jit():

@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 import floodax
-from floodax._validation import check_scalar_hyperparam
+from floodax._validation import check_int, check_real, check_scalar_hyperparam
 from floodax.experiments.datasets import Dataset
 
 PAPER_GRID = tuple(round(0.01 * i, 2) for i in range(51))
@@ -53,28 +53,23 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"`epochs` must be at least 1, got {self.epochs}.")
+        check_int("epochs", self.epochs, minimum=1)
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(
                 f"`optimizer` must be 'sgd' or 'adam', got {self.optimizer!r}."
             )
-        if not self.learning_rate > 0:
-            raise ValueError(
-                f"`learning_rate` must be positive, got {self.learning_rate}."
+        check_real("learning_rate", self.learning_rate, low=0.0, low_open=True)
+        check_real("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, minimum=1, fix=" or None")
+        if self.early_stopping_patience is not None:
+            check_int(
+                "early_stopping_patience",
+                self.early_stopping_patience,
+                minimum=1,
+                fix=" or None",
             )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(
-                f"`batch_size` must be >= 1 or None, got {self.batch_size}."
-            )
-        if (
-            self.early_stopping_patience is not None
-            and self.early_stopping_patience < 1
-        ):
-            raise ValueError(
-                "`early_stopping_patience` must be >= 1 or None, got "
-                f"{self.early_stopping_patience}."
-            )
+        check_int("seed", self.seed, minimum=0)
 
 
 class History(NamedTuple):
@@ -201,7 +196,9 @@ class _Runner:
         """The initial state with ``flood_level`` set; call it under ``jit``,
         which gives it fresh variables to write into."""
         state = self.with_flood_level(state, flood_level)
-        stop = _EarlyStop(jnp.asarray(-1.0), jnp.asarray(0), jnp.asarray(True))
+        # Strongly typed, as the epoch returns them: a weakly typed initial
+        # state would make the second epoch compile the function again.
+        stop = _EarlyStop(jnp.float32(-1.0), jnp.int32(0), jnp.bool_(True))
         return state, stop
 
     def _train_epoch(self, state: Any, epoch: jax.Array, data: dict) -> Any:

@@ -313,6 +313,74 @@ def test_shard_map_forms_match_one_device(mesh, name):
     _lockstep(mesh, step, tx, ref_step, ref_tx, 25)
 
 
+def test_iflooded_axis_name_with_unequal_masks_matches_one_device(mesh):
+    # Device k keeps k of its 8 examples (device 0 none, device 7 seven):
+    # iflooded(..., axis_name) forms the global masked mean, so training
+    # under shard_map matches one device on the whole masked batch, while a
+    # pmean of per-device means (devices weighted equally) does not.
+    x, y = _data()
+    keep = np.arange(PER_DEVICE)[None, :] < np.arange(N_DEVICES)[:, None]
+    mask = keep.reshape(-1)
+    level = 0.5
+
+    def global_loss(p, xb, yb, mb):
+        return floodax.iflooded(
+            _example_losses(p, xb, yb), level, where=mb, axis_name="data"
+        )
+
+    def device_step(params, state, xb, yb, mb):
+        grads = jax.grad(global_loss)(params, xb, yb, mb)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    tx = optax.sgd(0.05)
+    step = jax.jit(
+        shard_map(
+            device_step,
+            mesh=mesh,
+            in_specs=(P(), P(), P("data"), P("data"), P("data")),
+            out_specs=(P(), P()),
+        )
+    )
+
+    def one_device_loss(p):
+        return floodax.iflooded(_example_losses(p, x, y), level, where=mask)
+
+    @jax.jit
+    def ref_step(params, state):
+        grads = jax.grad(one_device_loss)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    params = _params()
+    p_ref, ref_state = params, tx.init(params)
+    with jax.set_mesh(mesh):
+        p, state = _shard(mesh, params, P()), _shard(mesh, tx.init(params), P())
+        xs, ys, ms = (_shard(mesh, a, P("data")) for a in (x, y, mask))
+        for _ in range(25):
+            p, state = step(p, state, xs, ys, ms)
+            p_ref, ref_state = ref_step(p_ref, ref_state)
+            _assert_close(p, p_ref)
+        # The same value, and not the equally weighted mean of device means.
+        value = shard_map(
+            lambda q, xb, yb, mb: global_loss(q, xb, yb, mb)[None],
+            mesh=mesh,
+            in_specs=(P(), P("data"), P("data"), P("data")),
+            out_specs=P("data"),
+        )(p, xs, ys, ms)
+    np.testing.assert_allclose(value, float(one_device_loss(p_ref)), rtol=1e-5)
+    per_device = [
+        float(floodax.iflooded(_example_losses(p_ref, xb, yb), level, where=mb))
+        for xb, yb, mb in zip(
+            x.reshape(N_DEVICES, PER_DEVICE, DIM)[1:],
+            y.reshape(N_DEVICES, PER_DEVICE)[1:],
+            keep[1:],
+            strict=True,
+        )
+    ]
+    assert abs(np.mean(per_device) - float(one_device_loss(p_ref))) > 1e-2
+
+
 def test_tpu_colab_example_runs_on_all_devices():
     example = Path(__file__).resolve().parents[2] / "examples" / "tpu_colab.py"
     main = runpy.run_path(str(example))["main"]
