@@ -1,4 +1,4 @@
-"""The explicit gradient-norm penalty ``L + λ‖∇L‖²``."""
+"""The explicit gradient-norm penalty ``L + λ‖∇L‖²`` and GNP's ``L + λ‖∇L‖``."""
 
 from __future__ import annotations
 
@@ -14,19 +14,50 @@ import optax
 from floodax._validation import (
     check_matching_trees,
     check_scalar_hyperparam,
+    check_value_fn_params,
+    is_traced,
     require_params,
 )
 
 _STRENGTH_FIX = (
     "; to schedule it, use `optax.inject_hyperparams(floodax.add_grad_norm_penalty)`"
 )
+POWERS = (1, 2)
+HVP_ROUTES = ("reverse_over_forward", "forward_over_reverse", "reverse_over_reverse")
+
+
+def accumulation_dtype(tree: chex.ArrayTree) -> Any:
+    """The dtype norms of ``tree`` are accumulated in: at least float32.
+
+    A float16 sum of squares overflows once the norm passes 256; float64
+    trees keep float64.
+    """
+    return jnp.promote_types(optax.tree.dtype(tree, "highest"), jnp.float32)
 
 
 def squared_norm(tree: chex.ArrayTree) -> jax.Array:
-    """``‖tree‖²``, the squared global L2 norm over every leaf."""
+    """``‖tree‖²``, the squared global L2 norm over every leaf, accumulated
+    in at least float32 (see :func:`accumulation_dtype`)."""
+    dtype = accumulation_dtype(tree)
     return sum(
-        (jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree)),
-        start=jnp.zeros([], optax.tree.dtype(tree, "highest")),
+        (jnp.sum(jnp.square(leaf.astype(dtype))) for leaf in jax.tree.leaves(tree)),
+        start=jnp.zeros([], dtype),
+    )
+
+
+def safe_norm(squared: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(‖v‖, 1/‖v‖)`` from ``‖v‖²``, both 0 where ``‖v‖ = 0``.
+
+    The double ``where`` keeps every derivative finite at 0 (the derivative
+    of ``sqrt`` at 0 is infinite, and ``0·inf`` is NaN), so a meta-gradient
+    through a transformation at a zero gradient is finite, as its value is.
+    """
+    positive = squared > 0
+    safe = jnp.where(positive, squared, jnp.ones_like(squared))
+    zero = jnp.zeros_like(squared)
+    return (
+        jnp.where(positive, jnp.sqrt(safe), zero),
+        jnp.where(positive, jax.lax.rsqrt(safe), zero),
     )
 
 
@@ -38,20 +69,46 @@ def _check_strength(strength: Any) -> None:
     check_scalar_hyperparam("strength", strength)
 
 
+def _check_power(power: Any) -> None:
+    """``power`` is 1 or 2; a traced integer (``optax.inject_hyperparams``
+    makes every numeric argument an array) is checked where it is used."""
+    message = (
+        f"`power` must be 1 (GNP's λ‖∇L‖) or 2 (λ‖∇L‖², the default), got {power!r}."
+    )
+    if is_traced(power):
+        if np.shape(power) != () or not jnp.issubdtype(power.dtype, jnp.integer):
+            raise ValueError(message)
+        return
+    if isinstance(power, bool | np.bool_) or not isinstance(
+        power, int | np.integer | np.ndarray | jax.Array
+    ):
+        raise ValueError(message)
+    if np.shape(power) != () or int(np.asarray(power)) not in POWERS:
+        raise ValueError(message)
+
+
+def _norm_term(power: Any, squared: jax.Array, norm: jax.Array) -> jax.Array:
+    """``‖v‖²`` for power 2, ``‖v‖`` for power 1, NaN for a traced power that
+    is neither (a broken value is never silently one of the two)."""
+    return jnp.where(power == 2, squared, jnp.where(power == 1, norm, jnp.nan))
+
+
 def grad_norm_penalty(
     loss_fn: Callable[..., Any],
     strength: chex.Numeric,
     *,
+    power: int = 2,
     argnums: int | Sequence[int] = 0,
     has_aux: bool = False,
 ) -> Callable[..., Any]:
-    r"""Adds the squared gradient norm to a loss function: ``L + λ‖∇L‖²``.
+    r"""Adds the gradient norm to a loss function: ``L + λ‖∇L‖²`` (or ``‖∇L‖``).
 
     .. math::
 
-      \tilde L(\theta) = L(\theta) + \lambda \|\nabla_\theta L(\theta)\|_2^2,
+      \tilde L(\theta) = L(\theta) + \lambda \|\nabla_\theta L(\theta)\|_2^p,
       \qquad
-      \nabla \tilde L = \nabla L + 2 \lambda\, H \nabla L
+      \nabla \tilde L = \nabla L + 2 \lambda\, H \nabla L \ (p = 2), \quad
+      \nabla L + \lambda\, H \frac{\nabla L}{\|\nabla L\|} \ (p = 1)
 
     where the norm is global over the whole pytree at ``argnums``. The
     returned function has the signature of ``loss_fn``; ``jax.grad`` of it is
@@ -59,21 +116,28 @@ def grad_norm_penalty(
     gradient without differentiating through a gradient, use the optax form
     :func:`add_grad_norm_penalty`.
 
+    The norm is accumulated in at least float32, so a float16 model with a
+    gradient norm in the thousands gets a finite penalty; the result has the
+    loss's dtype. With ``power=1`` the gradient at ``∇L = 0`` is taken as
+    ``∇L`` (the norm's subgradient 0), finite like every higher derivative.
+
     Args:
       loss_fn: a scalar loss function, ``loss_fn(params, *args, **kwargs)``.
       strength: ``λ >= 0``, a number or a (possibly traced) scalar array.
+      power: 2 (the default) penalises ``‖∇L‖²``; 1 penalises ``‖∇L‖``, the
+        form of Zhao et al.'s gradient-norm penalty (GNP).
       argnums: which positional argument(s) the gradient is taken with
         respect to, as in ``jax.grad``.
       has_aux: ``loss_fn`` returns ``(loss, aux)``; the penalised function
-        then returns ``(loss + λ‖∇L‖², aux)``.
+        then returns ``(loss + λ‖∇L‖^p, aux)``.
 
     Returns:
       The penalised loss function.
 
     Raises:
       ValueError: ``strength`` is not a scalar or is concretely negative,
-        NaN or infinite.
-      TypeError: ``strength`` is a callable.
+        NaN or infinite; ``power`` is not 1 or 2.
+      TypeError: ``strength`` is a callable or not a real number.
 
     Examples:
       >>> import jax, jax.numpy as jnp, floodax
@@ -83,22 +147,32 @@ def grad_norm_penalty(
       24.3
       >>> print(jax.grad(penalised)(jnp.array([1.0, 2.0])).round(4))  # 3w² + 0.1·36·w³
       [ 6.6 40.8]
+      >>> gnp = floodax.grad_norm_penalty(loss_fn, strength=0.1, power=1)
+      >>> print(gnp(jnp.array([0.0, 1.0])))          # 1 + 0.1·‖(0, 3)‖
+      1.3
 
     References:
       Drucker and Le Cun, "Improving Generalization Performance Using Double
       Backpropagation", IEEE Transactions on Neural Networks, 1992.
       Barrett and Dherin, "Implicit Gradient Regularization", ICLR 2021.
+      Zhao, Zhang and Hu, "Penalizing Gradient Norm for Efficiently Improving
+      Generalization in Deep Learning", ICML 2022.
     """
     _check_strength(strength)
+    _check_power(power)
     value_and_grad = jax.value_and_grad(loss_fn, argnums=argnums, has_aux=has_aux)
 
     def penalised(*args: Any, **kwargs: Any) -> Any:
         value, grads = value_and_grad(*args, **kwargs)
         loss, aux = value if has_aux else (value, None)
-        loss = loss + jnp.asarray(strength, jnp.result_type(loss)) * squared_norm(
-            grads
-        ).astype(jnp.result_type(loss))
-        return (loss, aux) if has_aux else loss
+        squared = squared_norm(grads)
+        norm_term = squared if power == 2 else safe_norm(squared)[0]
+        total = (
+            jnp.asarray(loss, squared.dtype)
+            + jnp.asarray(strength, squared.dtype) * norm_term
+        )
+        total = total.astype(jnp.result_type(loss))
+        return (total, aux) if has_aux else total
 
     return penalised
 
@@ -110,43 +184,132 @@ def _default_radius(params: optax.Params) -> float:
     return float(np.sqrt(eps))
 
 
+def hessian_vector_product(
+    value_fn: Callable[[optax.Params], Any],
+    params: optax.Params,
+    vector: optax.Updates,
+    route: str = "reverse_over_forward",
+) -> optax.Updates:
+    """``H·v`` for the Hessian ``H`` of ``value_fn`` at ``params``, without
+    materialising ``H``; ``route`` picks how JAX composes the two derivatives.
+
+    * ``"reverse_over_forward"``: ``jax.grad`` of ``jax.jvp(value_fn)``
+      along ``v``;
+    * ``"forward_over_reverse"``: ``jax.jvp`` of ``jax.grad(value_fn)``;
+    * ``"reverse_over_reverse"``: ``jax.grad`` of ``⟨∇value_fn, v⟩``
+      (double backpropagation).
+
+    All three are exact and agree to rounding; they differ in speed and
+    memory by model (``benchmarks/bench_step.py``).
+    """
+    vector = optax.tree.cast_like(vector, params)
+    if route == "forward_over_reverse":
+        return jax.jvp(jax.grad(value_fn), (params,), (vector,))[1]
+    if route == "reverse_over_forward":
+        return jax.grad(lambda p: jax.jvp(value_fn, (p,), (vector,))[1])(params)
+    return jax.grad(lambda p: optax.tree.vdot(jax.grad(value_fn)(p), vector))(params)
+
+
+def _resolve_mask(mask: Any, params: optax.Params) -> Any:
+    """The tree of Python booleans ``mask`` stands for, checked against params."""
+    tree = mask(params) if callable(mask) else mask
+    try:
+        flags = jax.tree.structure(params).flatten_up_to(tree)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            "`mask` must be a pytree of booleans with the structure of the "
+            f"parameters (or a callable returning one): {error}"
+        ) from None
+    for flag in flags:
+        if not isinstance(flag, bool | np.bool_):
+            raise TypeError(
+                "`mask` must hold Python booleans, one per parameter leaf, got "
+                f"{type(flag).__name__}; it selects leaves statically, as in "
+                "`optax.masked`."
+            )
+    return jax.tree.unflatten(jax.tree.structure(params), [bool(f) for f in flags])
+
+
 def add_grad_norm_penalty(
     strength: chex.Numeric,
     *,
+    power: int = 2,
     method: str = "exact",
     radius: chex.Numeric | None = None,
+    mask: Any = None,
+    hvp: str = "reverse_over_forward",
 ) -> optax.GradientTransformationExtraArgs:
-    r"""The gradient of ``L + λ‖∇L‖²`` from the gradient of ``L``: ``g + 2λ·H·g``.
+    r"""The gradient of ``L + λ‖∇L‖²`` (or GNP's ``L + λ‖∇L‖``) from ``g = ∇L``.
 
     Turns the incoming gradient ``g = ∇L(θ)`` into the gradient of the
     penalised loss, given the loss function of the parameters as
     ``value_fn`` (optax's name for it). It must come first in a chain, where
     the updates are still the raw gradient of ``value_fn``.
 
-    * ``method="exact"``: ``H·g`` as a forward-over-reverse Hessian-vector
-      product, ``jax.jvp`` of ``jax.grad(value_fn)`` along ``g``; no Hessian
-      is materialised. Costs about one more gradient plus its tangent.
+    .. math::
+
+      p = 2:\ g + 2\lambda\, H g, \qquad
+      p = 1:\ g + \lambda\, H \frac{g}{\|g\|}
+
+    * ``method="exact"``: ``H·g`` from a Hessian-vector product (route
+      ``hvp``, see :func:`hessian_vector_product`); no Hessian is
+      materialised. Costs about two more gradients.
     * ``method="finite_difference"``: one extra gradient at the perturbed
-      point ``θ + r·g/‖g‖`` (Zhao et al., 2022):
-      ``H·g ≈ ‖g‖·(∇L(θ + r·g/‖g‖) − g)/r``, with error ``O(r)``.
-      A zero gradient gives ``g`` back unchanged, without NaN.
+      point ``θ + r·ĝ``, ``ĝ = g/‖g‖``, using
+      ``H·ĝ ≈ (∇L(θ + r·ĝ) − g)/r``. For ``power=1`` this is exactly the
+      update of Zhao et al.'s GNP, ``(1 − α)·g + α·∇L(θ + r·ĝ)``, with
+      ``α = λ/r``; with ``λ = r = ρ`` (``α = 1``) it is SAM's
+      ``∇L(θ + ρ·ĝ)``. For ``power=2`` the difference is scaled by
+      ``2λ‖g‖``.
+
+    **What the finite difference computes.** On a smooth loss it estimates
+    the exact ``H·ĝ`` with an error ``O(r)``; at the default radius
+    ``sqrt(eps)`` it is the derivative. On a ReLU network the loss is only
+    piecewise quadratic: units that change sign between ``θ`` and
+    ``θ + r·ĝ`` make the difference the average curvature over that segment,
+    which can differ from the exact ``H·ĝ`` by 100 % at any radius
+    (benchmarks/fd_radius.md measures it). That average over a
+    neighbourhood of radius ``r`` is what GNP and SAM intend, with ``r``
+    around 0.01–0.1; pass ``radius`` explicitly for that reading.
+
+    A zero gradient gives ``g`` back unchanged, and ``strength=0`` gives
+    exactly the incoming gradient even where the Hessian-vector product
+    overflows. Norms are accumulated in at least float32 and the
+    difference is formed there too, so float16 and bfloat16 models with
+    large gradients stay finite; the updates keep their dtypes.
 
     Args:
       strength: ``λ >= 0``, a number or a (possibly traced) scalar array;
         schedule it with ``optax.inject_hyperparams``.
+      power: 2 (the default) for ``λ‖∇L‖²``, 1 for GNP's ``λ‖∇L‖``.
       method: ``"exact"`` or ``"finite_difference"``.
-      radius: the finite difference's ``r > 0``. By default ``sqrt(eps)`` of
-        the least precise parameter dtype (``3.5e-4`` for float32, ``0.088``
-        for bfloat16, ``1.5e-8`` for float64), the step that balances
-        truncation and rounding error. Only for ``"finite_difference"``.
+      radius: the finite difference's ``r > 0``. By default ``sqrt(eps)``
+        of the least precise perturbed parameter dtype (``3.5e-4`` for
+        float32, ``0.088`` for bfloat16, ``1.5e-8`` for float64), the step
+        that balances truncation and rounding error on a smooth loss. Only
+        for ``"finite_difference"``.
+      mask: penalise only some parameters: a pytree of Python booleans with
+        the parameters' structure, or a callable of the parameters returning
+        one (as in ``optax.masked``). The penalty is then
+        ``λ‖(∇L)_S‖^p`` over the selected leaves ``S``, and the output is its
+        exact gradient with respect to *all* parameters. ``optax.masked`` and
+        ``optax.multi_transform`` cannot wrap this transformation (a masked
+        transformation never sees the full parameters that ``value_fn``
+        needs); use ``mask`` instead.
+      hvp: the Hessian-vector-product route for ``method="exact"``:
+        ``"reverse_over_forward"`` (the default, within 15 % of the fastest
+        route on every model in benchmarks/bench_step.py),
+        ``"forward_over_reverse"`` or ``"reverse_over_reverse"``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
       ``params`` and ``value_fn`` and ignores other extra keyword arguments.
 
     Raises:
-      ValueError: bad ``strength``, ``method`` or ``radius``.
-      TypeError: ``update`` is called without ``value_fn`` or ``params``.
+      ValueError: bad ``strength``, ``power``, ``method``, ``radius``,
+        ``hvp`` or ``mask``; an empty parameter tree.
+      TypeError: ``update`` is called without ``value_fn`` or ``params``;
+        integer parameters; inside ``optax.masked``/``multi_transform``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax, floodax
@@ -167,17 +330,29 @@ def add_grad_norm_penalty(
       >>> print((params + updates).tolist())    # θ − 0.01·(g + 2λHg)
       [0.934, 1.592]
 
+      GNP with its ``α = 0.8``, ``r = 0.05``, and SAM with ``ρ = 0.05``:
+
+      >>> gnp = floodax.add_grad_norm_penalty(
+      ...     0.8 * 0.05, power=1, method="finite_difference", radius=0.05)
+      >>> sam = floodax.add_grad_norm_penalty(
+      ...     0.05, power=1, method="finite_difference", radius=0.05)
+
     References:
       Zhao, Zhang and Hu, "Penalizing Gradient Norm for Efficiently Improving
       Generalization in Deep Learning", ICML 2022.
+      Foret, Kleiner, Mobahi and Neyshabur, "Sharpness-Aware Minimization for
+      Efficiently Improving Generalization", ICLR 2021.
       Drucker and Le Cun, "Improving Generalization Performance Using Double
       Backpropagation", IEEE Transactions on Neural Networks, 1992.
     """
     _check_strength(strength)
+    _check_power(power)
     if method not in ("exact", "finite_difference"):
         raise ValueError(
             f"`method` must be 'exact' or 'finite_difference', got {method!r}."
         )
+    if hvp not in HVP_ROUTES:
+        raise ValueError(f"`hvp` must be one of {HVP_ROUTES}, got {hvp!r}.")
     if radius is not None:
         if method != "finite_difference":
             raise ValueError(
@@ -185,27 +360,57 @@ def add_grad_norm_penalty(
                 "method='exact'. Drop it, or pass method='finite_difference'."
             )
         check_scalar_hyperparam("radius", radius, positive=True)
+    name = "floodax.add_grad_norm_penalty"
 
-    def hessian_vector_product(
+    def penalty_term(
         value_fn: Callable[[optax.Params], Any],
         params: optax.Params,
         grads: optax.Updates,
+        flags: Any,
+        dtype: Any,
     ) -> optax.Updates:
-        if method == "exact":
-            tangent = optax.tree.cast_like(grads, params)
-            return jax.jvp(jax.grad(value_fn), (params,), (tangent,))[1]
-        r = _default_radius(params) if radius is None else radius
-        norm = jnp.sqrt(squared_norm(grads))
-        safe_norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
-        direction = jax.tree.map(lambda g: g / safe_norm.astype(g.dtype), grads)
-        shifted = jax.tree.map(
-            lambda p, d: p + (jnp.asarray(r, p.dtype) * d).astype(p.dtype),
-            params,
-            direction,
+        """``2λ‖v‖·H·v̂`` (power 2) or ``λ·H·v̂`` (power 1), in ``dtype``, for
+        ``v`` the selected part of ``g``.
+
+        Both methods work on the unit direction ``v̂``: a float16 product
+        ``H·g`` overflows long before ``H·v̂`` does when ``‖g‖`` is large,
+        and the scale ``‖v‖`` is applied in ``dtype`` (at least float32).
+        """
+        tangent = jax.tree.map(
+            lambda keep, g: g.astype(dtype) if keep else jnp.zeros(g.shape, dtype),
+            flags,
+            grads,
         )
-        scale = norm / jnp.asarray(r, norm.dtype)
+        norm, inverse = safe_norm(squared_norm(tangent))
+        lam = jnp.asarray(strength, dtype)
+        positive = (norm > 0).astype(dtype)
+        if method == "exact":
+            # The squared form 2λ·H·v is linear in v. Normalising by a
+            # constant c (no derivative; 1 at v = 0) keeps H·(c·v) in range
+            # and 2λ/c·H·(c·v) = 2λ·H·v with the right derivative, also at
+            # v = 0; the norm form λ·H·v̂ has a kink there, like |x|.
+            constant = jax.lax.stop_gradient(jnp.where(norm > 0, inverse, 1))
+            normaliser = jnp.where(power == 2, constant, inverse)
+            scale = lam * _norm_term(power, 2 / constant, positive)
+            direction = jax.tree.map(lambda v: v * normaliser, tangent)
+            h_direction = hessian_vector_product(value_fn, params, direction, hvp)
+            return jax.tree.map(lambda h: h.astype(dtype) * scale, h_direction)
+        # The scale on H·v̂ is the derivative of λ‖v‖^p along v̂.
+        scale = lam * _norm_term(power, 2 * norm, positive)
+        direction = jax.tree.map(lambda v: v * inverse, tangent)
+        perturbed = [
+            p
+            for p, keep in zip(
+                jax.tree.leaves(params), jax.tree.leaves(flags), strict=True
+            )
+            if keep
+        ]
+        r = jnp.asarray(_default_radius(perturbed) if radius is None else radius, dtype)
+        shifted = jax.tree.map(
+            lambda p, d: (p.astype(dtype) + r * d).astype(p.dtype), params, direction
+        )
         return jax.tree.map(
-            lambda gs, g: (gs - g) * scale.astype(g.dtype),
+            lambda gs, g: (gs.astype(dtype) - g.astype(dtype)) * (scale / r),
             jax.grad(value_fn)(shifted),
             grads,
         )
@@ -221,17 +426,37 @@ def add_grad_norm_penalty(
         del extra_args
         if value_fn is None:
             raise TypeError(
-                "floodax.add_grad_norm_penalty needs the loss function of the "
-                "parameters: call `tx.update(grads, state, params, "
+                f"{name} needs the loss function of the parameters: call "
+                "`tx.update(grads, state, params, "
                 "value_fn=lambda p: loss_fn(p, batch))`."
             )
-        require_params(params, "floodax.add_grad_norm_penalty")
-        check_matching_trees(updates, params, "floodax.add_grad_norm_penalty")
-        hvp = hessian_vector_product(value_fn, params, updates)
+        require_params(params, name)
+        check_value_fn_params(
+            params,
+            name,
+            "To penalise only some parameters, pass `mask=` to "
+            "`floodax.add_grad_norm_penalty` itself and leave it outside the "
+            "masked transformation.",
+        )
+        check_matching_trees(updates, params, name)
+        flags = (
+            jax.tree.map(lambda _: True, params)
+            if mask is None
+            else _resolve_mask(mask, params)
+        )
+        if not any(jax.tree.leaves(flags)):
+            raise ValueError(
+                f"{name}: `mask` selects no parameter, so there is no penalty; "
+                "select at least one leaf, or drop the transformation."
+            )
+        dtype = accumulation_dtype(updates)
+        term = penalty_term(value_fn, params, updates, flags, dtype)
+        off = jnp.asarray(strength) == 0
         new_updates = jax.tree.map(
-            lambda g, hg: g + 2 * jnp.asarray(strength, g.dtype) * hg.astype(g.dtype),
+            # strength 0 returns g itself, even where H·v overflowed.
+            lambda g, t: jnp.where(off, g, (g.astype(dtype) + t).astype(g.dtype)),
             updates,
-            hvp,
+            term,
         )
         return new_updates, state
 

@@ -99,3 +99,117 @@ def test_finite_difference_radius_follows_the_dtype():
     assert not np.allclose(
         np.asarray(bad["w"], np.float32), np.asarray(exact["w"], np.float32), rtol=0.2
     )
+
+
+def _large_gradient_problem(dtype):
+    """16 weights whose loss has a gradient norm of about 2,100: its square,
+    4.4e6, overflows float16 (largest finite value 65,504)."""
+    params = {"w": jnp.linspace(0.5, 1.5, 16).astype(dtype)}
+
+    def loss(p):
+        w = p["w"].astype(jnp.float32)
+        return 250 * jnp.sum(w**2) + jnp.sum(w**3)
+
+    return params, loss
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("method", ["exact", "finite_difference"])
+@pytest.mark.parametrize("power", [2, 1])
+def test_penalty_with_large_gradients_in_low_precision(dtype, method, power):
+    params, loss = _large_gradient_problem(dtype)
+    grads = jax.grad(loss)(params)
+    params32 = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+    grads32 = jax.grad(loss)(params32)
+    assert float(jnp.linalg.norm(grads32["w"])) > 1e3
+    strength = 1e-4 if power == 2 else 0.5
+    tx = floodax.add_grad_norm_penalty(strength, power=power, method=method)
+    out, _ = tx.update(grads, tx.init(params), params, value_fn=loss)
+    reference, _ = floodax.add_grad_norm_penalty(strength, power=power).update(
+        grads32, None, params32, value_fn=loss
+    )
+    assert out["w"].dtype == dtype
+    out, ref, g = (np.asarray(t["w"], np.float64) for t in (out, reference, grads32))
+    assert np.all(np.isfinite(out))
+    # The penalty is a real part of the update, not lost in rounding.
+    assert np.linalg.norm(ref - g) > 0.1 * np.linalg.norm(g)
+    # As in test_penalty_keeps_dtypes_without_nan: a few rounding errors of
+    # the dtype for the exact product, about sqrt(eps) for the difference.
+    eps = float(jnp.finfo(dtype).eps)
+    rtol = 2 * np.sqrt(eps) if method == "finite_difference" else 4 * eps
+    np.testing.assert_allclose(out, ref, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_grad_norm_penalty_with_large_gradients_in_low_precision(dtype):
+    params, loss = _large_gradient_problem(dtype)
+    params32 = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+    penalised = floodax.grad_norm_penalty(loss, 1e-4)
+    value, grads = jax.value_and_grad(penalised)(params)
+    ref_value, ref_grads = jax.value_and_grad(penalised)(params32)
+    assert value.dtype == jnp.float32  # the loss's dtype
+    assert grads["w"].dtype == dtype
+    # ‖∇L‖² ≈ 4.4e6 is accumulated in float32: λ‖∇L‖² ≈ 440 of 4,842.
+    eps = float(jnp.finfo(dtype).eps)
+    np.testing.assert_allclose(value, ref_value, rtol=4 * eps)
+    np.testing.assert_allclose(
+        np.asarray(grads["w"], np.float64), ref_grads["w"], rtol=4 * eps
+    )
+
+
+@pytest.mark.parametrize("method", ["exact", "finite_difference"])
+@pytest.mark.parametrize("power", [2, 1])
+def test_zero_strength_returns_the_gradient_even_when_the_hvp_overflows(method, power):
+    # The Hessian 1.2e5·w² is beyond float16's range: H·v̂ is inf there.
+    params = {"w": jnp.array([1.0, 0.9, 1.1], jnp.float16)}
+
+    def loss(p):
+        return jnp.sum(1e4 * p["w"].astype(jnp.float32) ** 4)
+
+    grads = jax.grad(loss)(params)
+    assert np.all(np.isfinite(np.asarray(grads["w"], np.float32)))
+    strength = jnp.float32(0.0)
+    tx = floodax.add_grad_norm_penalty(strength, power=power, method=method)
+    out, _ = jax.jit(lambda g, p: tx.update(g, None, p, value_fn=loss))(grads, params)
+    np.testing.assert_array_equal(out["w"], grads["w"])
+    injected = optax.inject_hyperparams(floodax.add_grad_norm_penalty)(
+        strength=0.0, power=power, method=method
+    )
+    out, _ = injected.update(grads, injected.init(params), params, value_fn=loss)
+    np.testing.assert_array_equal(out["w"], grads["w"])
+
+
+def test_finite_difference_default_radius_on_a_mixed_precision_tree():
+    # One bfloat16 and one float32 leaf: the radius is sqrt(eps) of the
+    # least precise perturbed leaf, bfloat16's 0.088, and the result is
+    # within that of the exact product on both leaves.
+    params = {
+        "a": jnp.array([1.0, 0.5], jnp.bfloat16),
+        "b": jnp.array([0.25, -0.5], jnp.float32),
+    }
+
+    def loss(p):
+        a, b = p["a"].astype(jnp.float32), p["b"]
+        return jnp.sum(a**4) + jnp.sum(b**4) + jnp.sum(a * b) ** 2
+
+    grads = jax.grad(loss)(params)
+    fd = floodax.add_grad_norm_penalty(0.1, method="finite_difference")
+    out, _ = fd.update(grads, None, params, value_fn=loss)
+    exact, _ = floodax.add_grad_norm_penalty(0.1).update(
+        grads, None, params, value_fn=loss
+    )
+    assert out["a"].dtype == jnp.bfloat16 and out["b"].dtype == jnp.float32
+    r = np.sqrt(float(jnp.finfo(jnp.bfloat16).eps))
+    for leaf in ("a", "b"):
+        np.testing.assert_allclose(
+            np.asarray(out[leaf], np.float64),
+            np.asarray(exact[leaf], np.float64),
+            rtol=2 * r,
+        )
+    # A float32-sized radius on the same tree loses the bfloat16 leaf's
+    # perturbation to rounding: the result is far from the exact one.
+    tiny = floodax.add_grad_norm_penalty(0.1, method="finite_difference", radius=3.5e-4)
+    bad, _ = tiny.update(grads, None, params, value_fn=loss)
+    assert not np.allclose(
+        np.asarray(bad["a"], np.float64), np.asarray(exact["a"], np.float64), rtol=2 * r
+    )

@@ -226,3 +226,78 @@ def test_penalty_accepts_unknown_extra_args():
     g = jnp.array([1.0, 2.0])
     out, _ = tx.update(g, tx.init(g), g / 2, value_fn=loss_fn, value=1.0, foo=None)
     np.testing.assert_allclose(out, 3 * g, rtol=1e-6)
+
+
+def _masked_reference(loss_fn, params, strength, power, selected):
+    """The gradient of L + λ‖(∇L)_S‖^p over the leaves in ``selected``."""
+
+    def penalised(p):
+        g = jax.grad(loss_fn)(p)
+        squared = sum(jnp.sum(g[k] ** 2) for k in selected)
+        return loss_fn(p) + strength * (squared if power == 2 else jnp.sqrt(squared))
+
+    return jax.grad(penalised)(params)
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("method", ["exact", "finite_difference"])
+@pytest.mark.parametrize("power", [2, 1])
+@pytest.mark.parametrize("as_callable", [False, True])
+def test_mask_penalises_only_the_selected_layers(method, power, as_callable):
+    from tests.helpers import mlp_params, regression_data
+
+    params = mlp_params(jax.random.key(0))
+    x, y = regression_data(jax.random.key(1))
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    flags = {"w1": True, "b1": False, "w2": True}
+    mask = (lambda p: flags) if as_callable else flags
+    tx = floodax.add_grad_norm_penalty(0.3, power=power, method=method, mask=mask)
+    out, _ = tx.update(jax.grad(loss_fn)(params), None, params, value_fn=loss_fn)
+    expected = _masked_reference(loss_fn, params, 0.3, power, ("w1", "w2"))
+    # The whole gradient changes (b1 too, through the cross terms H[b1, S]),
+    # and differs from penalising every layer.
+    # The forward difference at sqrt(eps) errs by ~1e-8 on gradients of
+    # order 1 (absolute, not relative to each element).
+    atol = 1e-7 if method == "finite_difference" else 1e-12
+    assert_trees_allclose(out, expected, rtol=1e-12, atol=atol)
+    full = _masked_reference(loss_fn, params, 0.3, power, ("w1", "b1", "w2"))
+    assert not np.allclose(out["b1"], full["b1"], rtol=1e-3)
+
+
+def test_masked_and_multi_transform_name_the_supported_pattern():
+    params = {"a": jnp.ones(2), "b": jnp.ones(2)}
+    loss_fn = lambda p: jnp.sum(p["a"] ** 2 * p["b"])  # noqa: E731
+    grads = jax.grad(loss_fn)(params)
+    wrapped = [
+        optax.masked(floodax.add_grad_norm_penalty(0.1), {"a": True, "b": False}),
+        optax.multi_transform(
+            {"pen": floodax.add_grad_norm_penalty(0.1), "id": optax.identity()},
+            {"a": "pen", "b": "id"},
+        ),
+    ]
+    for tx in wrapped:
+        with pytest.raises(TypeError, match=r"optax.masked.*pass `mask=`"):
+            tx.update(grads, tx.init(params), params, value_fn=loss_fn)
+    # The supported pattern gives what a masked penalty means.
+    tx = floodax.add_grad_norm_penalty(0.1, mask={"a": True, "b": False})
+    out, _ = tx.update(grads, None, params, value_fn=loss_fn)
+    assert_trees_allclose(
+        out, _masked_reference(loss_fn, params, 0.1, 2, ("a",)), rtol=1e-5
+    )
+
+
+def test_bad_mask():
+    params = {"a": jnp.ones(2), "b": jnp.ones(2)}
+    g = params
+    with pytest.raises(TypeError, match="`mask` must hold Python booleans"):
+        floodax.add_grad_norm_penalty(0.1, mask={"a": 1, "b": 0}).update(
+            g, None, params, value_fn=jnp.sum
+        )
+    with pytest.raises(ValueError, match="`mask` must be a pytree of booleans"):
+        floodax.add_grad_norm_penalty(0.1, mask={"a": True}).update(
+            g, None, params, value_fn=jnp.sum
+        )
+    with pytest.raises(ValueError, match="`mask` selects no parameter"):
+        floodax.add_grad_norm_penalty(0.1, mask={"a": False, "b": False}).update(
+            g, None, params, value_fn=jnp.sum
+        )
