@@ -12,10 +12,13 @@ import optax
 
 from floodax import _schedules as schedules
 from floodax._validation import (
+    SCHEDULE_FIX,
     check_interval,
     check_matching_trees,
     check_rate_order,
     check_scalar_hyperparam,
+    check_value_fn_params,
+    is_traced,
     require_params,
 )
 
@@ -97,8 +100,12 @@ def alternate(
 
     Raises:
       ValueError: a concrete rate is negative, NaN or infinite; concrete
-        ``ε1 < ε2``; ``interval`` is not a positive integer.
-      TypeError: ``value_fn`` is given without ``params``.
+        ``ε1 < ε2``, also where schedules produce it at a concrete step
+        (outside ``jit``; under ``jit`` the step is traced and scheduled
+        values are trusted); ``interval`` is not a positive integer.
+      TypeError: ``value_fn`` is given without ``params``, or inside
+        ``optax.masked``/``optax.multi_transform`` (the within-call form
+        needs the full parameters).
 
     Examples:
       Alternating SGD on ``L(θ) = θ²``, whose gradient is ``2θ``:
@@ -139,10 +146,14 @@ def alternate(
     check_interval(interval)
 
     def rates(cycle: jax.Array) -> tuple[Any, Any]:
-        return (
-            schedules.evaluate("descent_rate", descent_rate, cycle),
-            schedules.evaluate("ascent_rate", ascent_rate, cycle),
-        )
+        eps1 = schedules.evaluate("descent_rate", descent_rate, cycle)
+        eps2 = schedules.evaluate("ascent_rate", ascent_rate, cycle)
+        if callable(descent_rate) or callable(ascent_rate):
+            # Checked wherever the scheduled values are concrete (outside
+            # jit); under jit the step count is traced and they are trusted.
+            at = "" if is_traced(cycle) else f" at cycle {int(cycle)}"
+            check_rate_order(eps1, eps2, strict=False, fix=f"{SCHEDULE_FIX}{at}")
+        return eps1, eps2
 
     def first_and_second(eps1: Any, eps2: Any) -> tuple[Any, Any]:
         """Signed rates of the pair's first and second step."""
@@ -202,6 +213,13 @@ def alternate(
             new_updates = across_calls(updates, state.count)
         else:
             require_params(params, "floodax.alternate with `value_fn`")
+            check_value_fn_params(
+                params,
+                "floodax.alternate with `value_fn`",
+                "Put `floodax.alternate` outside the masked transformation (it "
+                "scales every update), or call it without `value_fn` to "
+                "alternate across calls.",
+            )
             check_matching_trees(updates, params, "floodax.alternate")
             new_updates = within_call(updates, state.count, params, value_fn)
         return new_updates, AlternateState(count=optax.safe_increment(state.count))

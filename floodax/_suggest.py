@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from floodax._validation import check_int, check_real
+
 
 class FloodLevelSuggestion(NamedTuple):
     """What :func:`suggest_flood_level` found.
@@ -58,8 +60,11 @@ def suggest_flood_level(
       A :class:`FloodLevelSuggestion`.
 
     Raises:
-      ValueError: the curves differ in length, are empty, not 1-D or not
-        finite, or ``fraction``/``patience`` are out of range.
+      ValueError: the curves differ in length, are empty, not 1-D, not
+        finite or (training) negative, or ``fraction``/``patience`` are out
+        of range.
+      TypeError: ``fraction`` is not a real number or ``patience`` not an
+        integer.
 
     Examples:
       >>> import numpy as np, floodax
@@ -79,10 +84,15 @@ def suggest_flood_level(
         )
     if not (np.all(np.isfinite(train)) and np.all(np.isfinite(val))):
         raise ValueError("`train_losses` and `val_losses` must be finite.")
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"`fraction` must lie in (0, 1], got {fraction}.")
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-        raise ValueError(f"`patience` must be an int >= 1, got {patience!r}.")
+    if np.any(train < 0):
+        raise ValueError(
+            "`train_losses` must be non-negative, got a minimum of "
+            f"{train.min():g}: a flood level is a non-negative loss value. "
+            "Shift a loss that can go negative (e.g. a log-density) so that its "
+            "minimum is 0 before flooding it."
+        )
+    fraction = check_real("fraction", fraction, low=0.0, low_open=True, high=1.0)
+    check_int("patience", patience, minimum=1)
     for epoch in range(len(val) - 1):
         later = val[epoch + 1 : epoch + 1 + patience]
         if len(later) == patience and np.all(later >= val[epoch]):

@@ -223,6 +223,10 @@ class OrderReport(NamedTuple):
         (theory: 3).
       first_order_order: the fitted slope of the first-order error
         (theory: 2).
+      fitted: boolean mask of the rungs the slopes were fitted on: those
+        whose errors lie above the rounding level of the parameters' dtype
+        (``8·eps·‖θ‖``); errors at that level measure rounding, not the
+        derivation, and would bend the slope.
 
     Examples:
       >>> import jax.numpy as jnp, floodax
@@ -238,10 +242,24 @@ class OrderReport(NamedTuple):
     first_order_errors: np.ndarray
     derivation_order: float
     first_order_order: float
+    fitted: np.ndarray
 
 
 def _fitted_slope(rates: np.ndarray, errors: np.ndarray) -> float:
     return float(np.polyfit(np.log(rates), np.log(errors), 1)[0])
+
+
+ROUNDING_ULPS = 8
+"""Errors below ``ROUNDING_ULPS·eps·‖θ‖`` are rounding, not truncation."""
+
+
+def _rounding_level(params: chex.ArrayTree, reports: list) -> tuple[float, Any]:
+    dtype = optax.tree.dtype(params, "highest")
+    scale = max(
+        [float(jnp.sqrt(squared_norm(params)))]
+        + [float(jnp.sqrt(squared_norm(r.two_steps))) for r in reports]
+    )
+    return ROUNDING_ULPS * float(jnp.finfo(dtype).eps) * scale, dtype
 
 
 def equivalence_order(
@@ -274,6 +292,11 @@ def equivalence_order(
     Returns:
       An :class:`OrderReport`.
 
+    Raises:
+      ValueError: bad ``ratio``, ``shrink``, ``num_rates`` or
+        ``largest_rate``; the prediction is exact to rounding at every rate
+        (a quadratic loss); fewer than two rates give errors above rounding.
+
     Examples:
       >>> import jax, jax.numpy as jnp, floodax
       >>> loss_fn = lambda w, x: jnp.sum(jnp.sin(x * w))
@@ -304,11 +327,30 @@ def equivalence_order(
     ]
     derivation = np.array([float(r.derivation_error) for r in reports])
     first_order = np.array([float(r.first_order_error) for r in reports])
+    level, dtype = _rounding_level(params, reports)
+    fitted = (derivation > level) & (first_order > level)
+    if not np.any(derivation > level):
+        raise ValueError(
+            "`loss_fn`: the one-step prediction is exact to rounding at every "
+            f"rate (derivation errors at most {derivation.max():.1e}, the "
+            f"rounding level of {jnp.dtype(dtype).name} here being {level:.1e}), "
+            "so there is no error order to fit. A loss that is quadratic around "
+            "`params` makes the prediction exact, and so does `ratio=0` (the "
+            "pair is then a single step)."
+        )
+    if fitted.sum() < 2:
+        raise ValueError(
+            f"`loss_fn`: only {int(fitted.sum())} of {num_rates} rates give errors "
+            f"above the rounding level of {jnp.dtype(dtype).name} ({level:.1e}); "
+            "fitting an order needs two. Use float64 parameters "
+            "(`jax.enable_x64`), a larger `largest_rate`, or fewer `num_rates`."
+        )
     return OrderReport(
         descent_rates=descent_rates,
         ascent_rates=ascent_rates,
         derivation_errors=derivation,
         first_order_errors=first_order,
-        derivation_order=_fitted_slope(descent_rates, derivation),
-        first_order_order=_fitted_slope(descent_rates, first_order),
+        derivation_order=_fitted_slope(descent_rates[fitted], derivation[fitted]),
+        first_order_order=_fitted_slope(descent_rates[fitted], first_order[fitted]),
+        fitted=fitted,
     )

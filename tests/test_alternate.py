@@ -275,3 +275,14 @@ def test_interval_is_a_hyperparameter_not_a_static_arg(x64):
         factors.append(float(u[0]))
     np.testing.assert_allclose(factors, [-0.5, 0.2, -0.3, -0.3, -0.5], rtol=1e-12)
     assert fn.traces == 1
+
+
+def test_alternate_inside_masked_scales_only_masked_leaves_but_refuses_value_fn():
+    params = {"a": jnp.ones(2), "b": jnp.ones(2)}
+    tx = optax.masked(floodax.alternate(0.3, 0.1), {"a": True, "b": False})
+    state = tx.init(params)
+    updates, state = tx.update(params, state, params)
+    np.testing.assert_allclose(updates["a"], -0.3 * np.ones(2), rtol=1e-6)
+    np.testing.assert_array_equal(updates["b"], np.ones(2))
+    with pytest.raises(TypeError, match=r"optax.masked.*outside the masked"):
+        tx.update(params, state, params, value_fn=lambda p: jnp.sum(p["a"] ** 2))

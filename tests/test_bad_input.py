@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -18,6 +20,32 @@ LOSS_FN = lambda p: jnp.sum(p**2)  # noqa: E731
 
 def _update(tx, *args, **kwargs):
     return tx.update(G, tx.init(G), *args, **kwargs)
+
+
+def _train_config(**kwargs):
+    from floodax.experiments import TrainConfig
+
+    return TrainConfig(**kwargs)
+
+
+def _scheduled_pairs():
+    # ε1 falls from 0.3 to 0 over 4 steps while ε2 stays 0.1: at cycle 3
+    # ε1 = 0.075 < ε2. Outside jit the scheduled values are concrete.
+    tx = floodax.alternate(optax.linear_schedule(0.3, 0.0, 4), 0.1)
+    state = tx.init(G)
+    for _ in range(8):
+        _, state = tx.update(G, state)
+
+
+def _masked_update(inner):
+    params = {"a": G, "b": G}
+    tx = optax.masked(inner, {"a": True, "b": False})
+    return tx.update(
+        params, tx.init(params), params, value_fn=lambda p: jnp.sum(p["a"] ** 2)
+    )
+
+
+A_MATRIX = jnp.array([[3.0, 1.0], [1.0, 2.0]])
 
 
 # README row -> (calls that must fail, exception, message pattern)
@@ -142,6 +170,105 @@ CASES = {
         ValueError,
         "must be pytrees of the same structure|does not match its parameter",
     ),
+    "level array of the wrong shape": (
+        [
+            lambda: floodax.iflooded(jnp.ones(3), jnp.array([0.1, 0.2])),
+            lambda: floodax.flooded(jnp.float32(1.0), jnp.array([0.1, 0.2])),
+        ],
+        ValueError,
+        r"`flood_level` of shape \(2,\) does not broadcast to `losses`",
+    ),
+    "flood level of the wrong type": (
+        [
+            lambda: floodax.flood("0.1"),
+            lambda: floodax.flooded(G, None),
+            lambda: floodax.iflooded(G, Decimal("0.1")),
+            lambda: floodax.flood(Fraction(1, 10)),
+        ],
+        TypeError,
+        r"`flood_level` must be a real number \(a Python int or float, or a real "
+        r"JAX/NumPy scalar array\), got (str|NoneType|Decimal|Fraction)",
+    ),
+    "integer or empty parameters for `value_fn`": (
+        [
+            lambda: floodax.add_grad_norm_penalty(0.1).update(
+                {"n": jnp.int32(1)}, None, {"n": jnp.int32(1)}, value_fn=LOSS_FN
+            ),
+            lambda: floodax.add_grad_norm_penalty(
+                0.1, method="finite_difference"
+            ).update({}, None, {}, value_fn=LOSS_FN),
+        ],
+        (TypeError, ValueError),
+        r"has a leaf of dtype int32 at \['n'\]|`params` has no array leaves",
+    ),
+    "`value_fn` transforms inside `optax.masked`": (
+        [
+            lambda: _masked_update(floodax.add_grad_norm_penalty(0.1)),
+            lambda: _masked_update(floodax.alternate(0.2, 0.1)),
+        ],
+        TypeError,
+        r"received parameters masked by `optax.masked` or `optax.multi_transform`",
+    ),
+    "`axis_name` outside a mapped axis": (
+        [
+            lambda: floodax.iflooded(G, 0.1, axis_name="data"),
+            lambda: _update(floodax.flood(0.1, axis_name="data"), value=1.0),
+        ],
+        ValueError,
+        r"`axis_name='data'` names no mapped axis here",
+    ),
+    "scheduled ε1 < ε2": (
+        [_scheduled_pairs],
+        ValueError,
+        r"`descent_rate` \(0.075\) must be at least `ascent_rate` \(0.1\).*"
+        r"schedule.*at cycle 3",
+    ),
+    "bad `power` or `hvp`": (
+        [
+            lambda: floodax.add_grad_norm_penalty(0.1, power=3),
+            lambda: floodax.grad_norm_penalty(LOSS_FN, 0.1, power=0.5),
+            lambda: floodax.add_grad_norm_penalty(0.1, hvp="fast"),
+        ],
+        ValueError,
+        r"`power` must be 1 \(GNP's λ‖∇L‖\) or 2|`hvp` must be one of",
+    ),
+    "bad `weights`": (
+        [
+            lambda: floodax.iflooded(G, 0.1, weights=jnp.array([1.0, -1.0])),
+            lambda: floodax.iflooded(G, 0.1, weights=jnp.ones(3)),
+        ],
+        ValueError,
+        r"`weights` must be non-negative|`weights` of shape \(3,\) does not",
+    ),
+    "prediction exact to rounding": (
+        [
+            lambda: floodax.equivalence_order(
+                lambda w: 0.5 * w @ A_MATRIX @ w, jnp.array([0.5, -1.0])
+            )
+        ],
+        ValueError,
+        r"exact to rounding at every rate.*quadratic",
+    ),
+    "bad `TrainConfig`": (
+        [
+            lambda: _train_config(learning_rate=float("inf")),
+            lambda: _train_config(momentum=float("nan")),
+            lambda: _train_config(epochs=2.5),
+            lambda: _train_config(batch_size=32.0),
+        ],
+        (TypeError, ValueError),
+        r"`learning_rate` must be finite|`momentum` must be finite|"
+        r"`epochs` must be an integer >= 1, got float 2.5|"
+        r"`batch_size` must be an integer >= 1, got float 32.0",
+    ),
+    "bad `suggest_flood_level` input": (
+        [
+            lambda: floodax.suggest_flood_level([0.5, -0.1], [0.4, 0.5]),
+            lambda: floodax.suggest_flood_level([0.5], [0.4], fraction="0.5"),
+        ],
+        (TypeError, ValueError),
+        r"`train_losses` must be non-negative|`fraction` must be a real number",
+    ),
     "non-boolean or mis-shaped `where`": (
         [
             lambda: floodax.iflooded(G, 0.1, where=jnp.array([1, 0])),
@@ -164,7 +291,7 @@ def _readme_rows():
 
 def test_every_readme_row_has_a_test():
     rows = _readme_rows()
-    assert len(rows) == len(set(rows)) >= 15
+    assert len(rows) == len(set(rows)) >= 28
     assert set(rows) == set(CASES)
 
 

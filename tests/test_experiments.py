@@ -236,13 +236,69 @@ def test_early_stopping_freezes_the_run():
             )
 
 
-def test_train_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="`optimizer` must be 'sgd' or 'adam'"):
-        TrainConfig(optimizer="rmsprop")
-    with pytest.raises(ValueError, match="`epochs` must be at least 1"):
-        TrainConfig(epochs=0)
-    with pytest.raises(ValueError, match="`batch_size` must be >= 1"):
-        TrainConfig(batch_size=0)
+@pytest.fixture
+def compile_counts():
+    """Counts XLA compilations per jitted function name while a test runs."""
+    import collections
+
+    from jax import monitoring
+
+    counts = collections.Counter()
+
+    def listener(event, duration, **kwargs):
+        del duration
+        if event == "/jax/core/compile/backend_compile_duration":
+            counts[kwargs.get("fun_name")] += 1
+
+    monitoring.register_event_duration_secs_listener(listener)
+    yield counts
+    monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.parametrize("run", ["train", "vmapped", "sequential"])
+def test_early_stopping_compiles_the_epoch_once(compile_counts, run):
+    data, model = _small()
+    config = TrainConfig(
+        epochs=6, optimizer="adam", learning_rate=0.05, early_stopping_patience=4
+    )
+    if run == "train":
+        train(model, data, config, progress=False)
+    else:
+        sweep_flood_levels(
+            model,
+            data,
+            config,
+            [0.0, 0.2],
+            progress=False,
+            vectorized=run == "vmapped",
+        )
+    assert compile_counts["jit(epoch)"] == 1, dict(compile_counts)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"optimizer": "rmsprop"}, ValueError, "`optimizer` must be 'sgd' or 'adam'"),
+        ({"epochs": 0}, ValueError, r"`epochs` must be an integer >= 1, got 0"),
+        ({"epochs": 2.5}, TypeError, r"`epochs` must be an integer >= 1, got float"),
+        ({"epochs": True}, TypeError, r"`epochs` must be an integer >= 1, got bool"),
+        ({"batch_size": 0}, ValueError, r"`batch_size` must be an integer >= 1"),
+        ({"batch_size": 32.0}, TypeError, r"`batch_size` must be an integer >= 1"),
+        ({"learning_rate": 0.0}, ValueError, r"`learning_rate` must lie in \(0, inf\]"),
+        ({"learning_rate": float("inf")}, ValueError, "`learning_rate` must be finite"),
+        ({"learning_rate": "0.1"}, TypeError, "`learning_rate` must be a real number"),
+        ({"momentum": float("nan")}, ValueError, "`momentum` must be finite"),
+        ({"momentum": 1.0}, ValueError, r"`momentum` must lie in \[0, 1\)"),
+        ({"early_stopping_patience": 0}, ValueError, "`early_stopping_patience`"),
+        ({"seed": -1}, ValueError, "`seed` must be an integer >= 0"),
+    ],
+)
+def test_train_config_rejects_bad_values(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_sweep_rejects_bad_levels():
     data, model = _small()
     with pytest.raises(ValueError, match="`flood_level` must be non-negative"):
         sweep_flood_levels(
