@@ -1,6 +1,9 @@
 """floodax: flooding, iFlood, alternating descent/ascent and gradient-norm
 penalties for JAX and optax."""
 
+from floodax._accumulation import MultiStepsState as MultiStepsState
+from floodax._accumulation import multi_steps as multi_steps
+from floodax._adaflood import adaflood_levels as adaflood_levels
 from floodax._alternate import AlternateState as AlternateState
 from floodax._alternate import alternate as alternate
 from floodax._flooding import FloodState as FloodState
@@ -27,7 +30,9 @@ __all__ = [
     "EquivalentPenalty",
     "FloodLevelSuggestion",
     "FloodState",
+    "MultiStepsState",
     "OrderReport",
+    "adaflood_levels",
     "add_grad_norm_penalty",
     "alternate",
     "check_equivalence",
@@ -38,5 +43,6 @@ __all__ = [
     "flooding_penalty_rate",
     "grad_norm_penalty",
     "iflooded",
+    "multi_steps",
     "suggest_flood_level",
 ]

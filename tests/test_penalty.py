@@ -301,3 +301,161 @@ def test_bad_mask():
         floodax.add_grad_norm_penalty(0.1, mask={"a": False, "b": False}).update(
             g, None, params, value_fn=jnp.sum
         )
+
+
+# ------------------------------------------------------- GNP's and SAM's forms
+
+
+def _gnp_update(loss_fn, params, alpha, r):
+    """GNP's update as the paper writes it (zhaoyang-0204/gnp README and
+    training/training_core.py with norm_perturbations=False):
+    (1 − α)·g + α·∇L(θ + r·g/‖g‖)."""
+    g = jax.grad(loss_fn)(params)
+    norm = jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree.leaves(g)))
+    perturbed = jax.tree.map(lambda p, v: p + r * v / norm, params, g)
+    g_perturbed = jax.grad(loss_fn)(perturbed)
+    return jax.tree.map(lambda a, b: (1 - alpha) * a + alpha * b, g, g_perturbed)
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("strength", [0.05, 0.7])
+def test_norm_form_exact_matches_explicit_hessian(mlp, strength):
+    params, x, y = mlp
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    flat, unravel = ravel_pytree(params)
+    flat_loss = lambda v: loss_fn(unravel(v))  # noqa: E731
+    g = jax.grad(flat_loss)(flat)
+    expected = unravel(
+        g + strength * jax.hessian(flat_loss)(flat) @ g / jnp.linalg.norm(g)
+    )
+    tx = floodax.add_grad_norm_penalty(strength, power=1)
+    out, _ = tx.update(jax.grad(loss_fn)(params), None, params, value_fn=loss_fn)
+    assert_trees_allclose(out, expected, rtol=1e-11, atol=1e-14)
+    # ... and the gradient of the loss transform's L + λ‖∇L‖.
+    grads = jax.grad(floodax.grad_norm_penalty(loss_fn, strength, power=1))(params)
+    assert_trees_allclose(grads, expected, rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("alpha, r", [(0.8, 0.1), (0.5, 0.05), (1.0, 0.02)])
+def test_finite_difference_norm_form_is_gnps_update(mlp, alpha, r):
+    # GNP's (α, r) ↦ floodax's strength λ = α·r, radius r, power 1.
+    params, x, y = mlp
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    tx = floodax.add_grad_norm_penalty(
+        alpha * r, power=1, method="finite_difference", radius=r
+    )
+    out, _ = tx.update(jax.grad(loss_fn)(params), None, params, value_fn=loss_fn)
+    assert_trees_allclose(
+        out, _gnp_update(loss_fn, params, alpha, r), rtol=1e-12, atol=1e-14
+    )
+
+
+@pytest.mark.usefixtures("x64")
+def test_sam_is_the_norm_form_with_alpha_one_and_equals_optax_contrib_sam(mlp):
+    # SAM's gradient ∇L(θ + ρ·ĝ) is GNP with α = 1: strength = radius = ρ.
+    params, x, y = mlp
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    rho, lr = 0.05, 0.1
+    ours = optax.chain(
+        floodax.add_grad_norm_penalty(
+            rho, power=1, method="finite_difference", radius=rho
+        ),
+        optax.sgd(lr, momentum=0.9),
+    )
+    theirs = optax.contrib.sam(
+        optax.sgd(lr, momentum=0.9),
+        optax.chain(optax.contrib.normalize(), optax.sgd(rho)),
+        sync_period=2,
+        opaque_mode=True,
+    )
+    grad_fn = jax.grad(lambda p, _: loss_fn(p))
+    p, q = params, params
+    s, t = ours.init(params), theirs.init(params)
+    for _ in range(15):
+        g = jax.grad(loss_fn)(p)
+        u, s = ours.update(g, s, p, value_fn=loss_fn)
+        p = optax.apply_updates(p, u)
+        u, t = theirs.update(jax.grad(loss_fn)(q), t, q, grad_fn=grad_fn)
+        q = optax.apply_updates(q, u)
+        assert_trees_allclose(p, q, rtol=1e-12, atol=1e-14)
+    assert_trees_allclose(
+        floodax.add_grad_norm_penalty(
+            rho, power=1, method="finite_difference", radius=rho
+        ).update(jax.grad(loss_fn)(params), None, params, value_fn=loss_fn)[0],
+        _gnp_update(loss_fn, params, 1.0, rho),
+        rtol=1e-12,
+        atol=1e-14,
+    )
+
+
+@pytest.mark.usefixtures("x64")
+def test_norm_form_finite_difference_converges_to_exact_on_a_smooth_loss(mlp):
+    params, x, y = mlp
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    g = jax.grad(loss_fn)(params)
+    exact, _ = floodax.add_grad_norm_penalty(0.5, power=1).update(
+        g, None, params, value_fn=loss_fn
+    )
+    exact = ravel_pytree(exact)[0]
+    errors = []
+    for r in (1e-2, 1e-3, 1e-4):
+        tx = floodax.add_grad_norm_penalty(
+            0.5, power=1, method="finite_difference", radius=r
+        )
+        out = ravel_pytree(tx.update(g, None, params, value_fn=loss_fn)[0])[0]
+        errors.append(float(jnp.linalg.norm(out - exact) / jnp.linalg.norm(exact)))
+    # First order in r: ten times smaller radius, about ten times smaller error.
+    assert 5 < errors[0] / errors[1] < 20 and 5 < errors[1] / errors[2] < 20
+
+
+@pytest.mark.parametrize("power", [1, 2])
+@pytest.mark.parametrize(
+    "hvp", ["reverse_over_forward", "forward_over_reverse", "reverse_over_reverse"]
+)
+def test_hvp_routes_agree(mlp, power, hvp):
+    params, x, y = mlp
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    g = jax.grad(loss_fn)(params)
+    reference, _ = floodax.add_grad_norm_penalty(0.3, power=power).update(
+        g, None, params, value_fn=loss_fn
+    )
+    out, _ = floodax.add_grad_norm_penalty(0.3, power=power, hvp=hvp).update(
+        g, None, params, value_fn=loss_fn
+    )
+    assert_trees_allclose(out, reference, rtol=1e-12, atol=1e-15)
+
+
+def test_norm_form_under_the_optax_matrix():
+    # No recompile when strength and radius are injected and changed; dtypes kept.
+    params = jnp.array([0.5, -1.0])
+    loss_fn = lambda p, x: jnp.sum(x * p**4)  # noqa: E731
+    injected = optax.inject_hyperparams(floodax.add_grad_norm_penalty)(
+        strength=0.1, power=1, method="finite_difference", radius=0.01
+    )
+    fn = TraceCounter(
+        lambda s, x: injected.update(
+            jax.grad(loss_fn)(params, x), s, params, value_fn=lambda p: loss_fn(p, x)
+        )
+    )
+    step = jax.jit(fn)
+    state = injected.init(params)
+    first, state = step(state, jnp.float32(1.0))
+    state.hyperparams["radius"] = jnp.float32(0.02)
+    state.hyperparams["strength"] = jnp.float32(0.2)
+    second, _ = step(state, jnp.float32(1.0))
+    ref, _ = floodax.add_grad_norm_penalty(
+        0.2, power=1, method="finite_difference", radius=0.02
+    ).update(
+        jax.grad(loss_fn)(params, 1.0), None, params, value_fn=lambda p: loss_fn(p, 1.0)
+    )
+    np.testing.assert_allclose(second, ref, rtol=1e-5)
+    assert not np.allclose(first, second)
+    assert fn.traces == 1
+    for dtype in (jnp.bfloat16, jnp.float16):
+        p = params.astype(dtype)
+        f = lambda q: jnp.sum(q.astype(jnp.float32) ** 4)  # noqa: E731
+        out, _ = floodax.add_grad_norm_penalty(0.1, power=1).update(
+            jax.grad(f)(p), None, p, value_fn=f
+        )
+        assert out.dtype == dtype

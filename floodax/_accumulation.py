@@ -1,0 +1,164 @@
+"""Gradient accumulation that floods the large batch: ``multi_steps``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from floodax._validation import check_scalar_value
+
+
+class MultiStepsState(NamedTuple):
+    """State of :func:`multi_steps`.
+
+    Attributes:
+      inner: the wrapped ``optax.MultiStepsState`` (micro-step counter,
+        accumulated gradients, the inner transformation's state).
+      value_mean: scalar of the accumulator dtype, the running mean of the
+        ``value`` s passed since the last update was emitted (0 before any).
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, floodax
+      >>> tx = floodax.multi_steps(optax.chain(floodax.flood(0.5), optax.sgd(1.0)), 3)
+      >>> state = tx.init(jnp.ones(1))
+      >>> for loss in (0.9, 0.3):
+      ...   _, state = tx.update(jnp.ones(1), state, value=jnp.float32(loss))
+      >>> print(state.value_mean, state.inner.mini_step)  # two of three so far
+      0.6 2
+    """
+
+    inner: optax.MultiStepsState
+    value_mean: jax.Array
+
+
+def multi_steps(
+    inner: optax.GradientTransformation,
+    every_k_schedule: int | Callable[[jax.Array], jax.Array],
+    *,
+    use_grad_mean: bool = True,
+    should_skip_update_fn: Callable[..., Any] | None = None,
+    accumulator_dtype: Any = "float32",
+) -> optax.GradientTransformationExtraArgs:
+    r"""Gradient accumulation whose inner transformation sees the mean loss.
+
+    ``optax.MultiSteps`` accumulates ``k`` micro-batch gradients and applies
+    ``inner`` to their mean, but hands ``inner`` only the ``value`` of the
+    call that applies the update. With :func:`flood` inside, the flood
+    decision is then taken on the *last* micro-batch's loss: micro-batch
+    losses 0.9 and 0.2 with ``b = 0.5`` ascend, although the large batch's
+    loss, 0.55, is above ``b``.
+
+    ``multi_steps`` keeps a running mean of the ``value`` s (the micro-batch
+    losses) alongside the gradients and hands it to ``inner`` as ``value``.
+    With equal micro-batches the mean loss is the large batch's loss and the
+    mean gradient its gradient, so accumulated flooding takes exactly the
+    step of flooding the large batch:
+
+    .. math::
+
+      \bar L = \frac1k \sum_{j=1}^k L_j, \qquad
+      \text{update} = \text{inner}\Big(\frac1k \sum_j \nabla L_j,
+      \ \text{value} = \bar L\Big)
+
+    Flooding each micro-batch instead (``flooded`` on every micro-batch
+    loss, then accumulating) is another objective, ``Σ|L_j − b| + b``: it
+    flips the micro-batches below ``b`` even while the large batch is above.
+    Everything else is ``optax.MultiSteps``: a ``value_fn`` or other extra
+    arguments pass through unchanged, ``every_k_schedule`` may be a schedule
+    of the update count, and ``inner``'s state advances only when an update
+    is emitted. Calls without ``value`` are fine for an ``inner`` that does
+    not need one. Under ``shard_map``, give :func:`flood` its ``axis_name``:
+    the per-device means are then averaged over devices.
+
+    Args:
+      inner: the transformation to apply to the accumulated gradient, e.g.
+        ``optax.chain(floodax.flood(b), optax.adam(lr))``.
+      every_k_schedule: ``k``, the number of micro-batches per update (an
+        int, an integer array, or a schedule of the update count).
+      use_grad_mean: average the gradients (``True``) or sum them, as in
+        ``optax.MultiSteps``.
+      should_skip_update_fn: as in ``optax.MultiSteps`` (e.g.
+        ``optax.skip_not_finite``): a skipped micro-batch counts towards
+        neither the gradient nor the loss.
+      accumulator_dtype: dtype of the accumulated gradients and loss; float32
+        by default, as optax accumulates (pass float64 under ``jax_enable_x64``
+        for bit-level comparisons). Give it as a string under
+        ``optax.inject_hyperparams``, which takes any callable, ``jnp.float32``
+        included, for a schedule.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; its ``update`` returns
+      zeros except on every ``k``-th call.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, floodax
+      >>> tx = floodax.multi_steps(
+      ...     optax.chain(floodax.flood(0.5), optax.sgd(1.0)), every_k_schedule=2)
+      >>> g = jnp.ones(1)
+      >>> state = tx.init(g)
+      >>> _, state = tx.update(g, state, value=jnp.float32(0.9))
+      >>> updates, state = tx.update(g, state, value=jnp.float32(0.2))
+      >>> print(updates)  # mean loss 0.55 > 0.5: descent, -1·g
+      [-1.]
+      >>> ms = optax.MultiSteps(optax.chain(floodax.flood(0.5), optax.sgd(1.0)), 2)
+      >>> s = ms.init(g)
+      >>> _, s = ms.update(g, s, value=jnp.float32(0.9))
+      >>> print(ms.update(g, s, value=jnp.float32(0.2))[0])  # last loss 0.2: ascent
+      [1.]
+    """
+    schedule = (
+        every_k_schedule if callable(every_k_schedule) else (lambda _: every_k_schedule)
+    )
+    accumulate = optax.MultiSteps(
+        inner,
+        schedule,
+        use_grad_mean=use_grad_mean,
+        should_skip_update_fn=should_skip_update_fn,
+        accumulator_dtype=accumulator_dtype,
+    )
+
+    def init_fn(params: optax.Params) -> MultiStepsState:
+        return MultiStepsState(
+            inner=accumulate.init(params),
+            value_mean=jnp.zeros([], accumulator_dtype),
+        )
+
+    def update_fn(
+        updates: optax.Updates,
+        state: MultiStepsState,
+        params: optax.Params | None = None,
+        *,
+        value: chex.Array | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, MultiStepsState]:
+        before = state.inner
+        if value is None:
+            new_updates, after = accumulate.update(
+                updates, before, params, **extra_args
+            )
+            return new_updates, MultiStepsState(after, state.value_mean)
+        value = check_scalar_value("value", value)
+        n = before.mini_step.astype(accumulator_dtype)
+        mean = state.value_mean + (
+            value.astype(accumulator_dtype) - state.value_mean
+        ) / (n + 1)
+        new_updates, after = accumulate.update(
+            updates, before, params, value=mean.astype(value.dtype), **extra_args
+        )
+        # optax.MultiSteps leaves both counters as they were on a skipped
+        # update (should_skip_update_fn): the mean must not count that value.
+        skipped = (after.mini_step == before.mini_step) & (
+            after.gradient_step == before.gradient_step
+        )
+        emitted = ~skipped & (after.mini_step == 0)
+        value_mean = jnp.where(
+            skipped, state.value_mean, jnp.where(emitted, 0.0, mean)
+        ).astype(accumulator_dtype)
+        return new_updates, MultiStepsState(after, value_mean)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

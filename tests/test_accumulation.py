@@ -1,0 +1,180 @@
+"""multi_steps: gradient accumulation that floods the large batch."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import floodax
+from tests.helpers import TraceCounter, assert_trees_allclose, mlp_loss
+
+
+def _feed(tx, state, grads_and_values):
+    for g, v in grads_and_values:
+        updates, state = tx.update(g, state, value=jnp.float32(v))
+    return updates, state
+
+
+def test_the_large_batch_decides_not_the_last_micro_batch():
+    # Micro-batch losses 0.9 then 0.2, mean 0.55 above b = 0.5: descend.
+    inner = optax.chain(floodax.flood(0.5), optax.sgd(1.0))
+    g = jnp.array([1.0, -2.0])
+    tx = floodax.multi_steps(inner, every_k_schedule=2)
+    updates, state = _feed(tx, tx.init(g), [(g, 0.9), (g, 0.2)])
+    np.testing.assert_array_equal(updates, -g)
+    assert int(state.inner.inner_opt_state[0].ascent_count) == 0
+    # optax.MultiSteps hands the inner transformation the last value: ascent.
+    ms = optax.MultiSteps(inner, every_k_schedule=2)
+    updates, _ = _feed(ms, ms.init(g), [(g, 0.9), (g, 0.2)])
+    np.testing.assert_array_equal(updates, g)
+    # Mean 0.45 below b: ascend, although the last micro-batch is above.
+    updates, state = _feed(tx, state, [(g, 0.2), (g, 0.7)])
+    np.testing.assert_array_equal(updates, g)
+    assert int(state.inner.inner_opt_state[0].ascent_count) == 1
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize(
+    "make_opt", [lambda: optax.adam(0.05), lambda: optax.sgd(0.2, momentum=0.9)]
+)
+def test_accumulated_flooding_equals_flooding_the_large_batch(mlp, k, make_opt):
+    params, x, y = mlp
+    b = 0.3
+    tx = floodax.multi_steps(
+        optax.chain(floodax.flood(b), make_opt()), k, accumulator_dtype=jnp.float64
+    )
+    full = optax.chain(floodax.flood(b), make_opt())
+    state, full_state, p, p_full = tx.init(params), full.init(params), params, params
+    size = len(y) // k
+    micro = [
+        (x[i * size : (i + 1) * size], y[i * size : (i + 1) * size]) for i in range(k)
+    ]
+
+    @jax.jit
+    def micro_step(p, state, xb, yb):
+        loss, grads = jax.value_and_grad(mlp_loss)(p, xb, yb)
+        updates, state = tx.update(grads, state, p, value=loss)
+        return optax.apply_updates(p, updates), state
+
+    ascents = 0
+    for _ in range(40):
+        for xb, yb in micro:
+            p, state = micro_step(p, state, xb, yb)
+        loss, grads = jax.value_and_grad(mlp_loss)(p_full, x, y)
+        ascents += int(loss < b)
+        updates, full_state = full.update(grads, full_state, p_full, value=loss)
+        p_full = optax.apply_updates(p_full, updates)
+        assert_trees_allclose(p, p_full, rtol=1e-11, atol=1e-14)
+    assert 0 < ascents < 40  # the run crossed the level
+    assert int(state.inner.inner_opt_state[0].ascent_count) == ascents
+
+
+def test_mean_resets_after_each_update_and_counts_schedules():
+    # every_k_schedule as a schedule of the update count: 1, then 3.
+    tx = floodax.multi_steps(
+        optax.chain(floodax.flood(0.5), optax.sgd(1.0)),
+        lambda step: jnp.where(step < 1, 1, 3),
+    )
+    g = jnp.ones(1)
+    state = tx.init(g)
+    updates, state = tx.update(g, state, value=jnp.float32(0.1))  # k = 1: ascend
+    np.testing.assert_array_equal(updates, g)
+    assert float(state.value_mean) == 0.0
+    for v in (0.9, 0.2):
+        updates, state = tx.update(g, state, value=jnp.float32(v))
+        np.testing.assert_array_equal(updates, 0 * g)
+    np.testing.assert_allclose(state.value_mean, 0.55, rtol=1e-6)
+    updates, state = tx.update(g, state, value=jnp.float32(0.6))  # mean 0.5667
+    np.testing.assert_array_equal(updates, -g)
+    assert float(state.value_mean) == 0.0
+
+
+def test_a_skipped_micro_batch_counts_towards_neither_gradient_nor_loss():
+    tx = floodax.multi_steps(
+        optax.chain(floodax.flood(0.5), optax.sgd(1.0)),
+        2,
+        should_skip_update_fn=optax.skip_not_finite,
+    )
+    g = jnp.ones(1)
+    state = tx.init(g)
+    _, state = tx.update(g, state, value=jnp.float32(0.9))
+    _, state = tx.update(jnp.full(1, jnp.nan), state, value=jnp.float32(0.0))
+    np.testing.assert_allclose(state.value_mean, 0.9, rtol=1e-6)
+    updates, _ = tx.update(g, state, value=jnp.float32(0.2))  # mean 0.55
+    np.testing.assert_array_equal(updates, -g)
+
+
+def test_optax_matrix_jit_no_recompile_dtypes_extra_args():
+    tx = floodax.multi_steps(optax.chain(floodax.flood(0.5), optax.adam(0.1)), 2)
+    for dtype in (jnp.bfloat16, jnp.float16, jnp.float32):
+        params = {"w": jnp.ones(3, dtype)}
+        fn = TraceCounter(
+            lambda g, s, v, p=params: tx.update(g, s, p, value=v, value_fn=None, foo=1)
+        )
+        step = jax.jit(fn)
+        state = tx.init(params)
+        for v in (0.9, 0.2, 0.1, 0.3):
+            updates, state = step(params, state, jnp.float32(v))
+            assert updates["w"].dtype == dtype
+        assert fn.traces == 1
+    # Without a value, an inner transformation that needs none works.
+    plain = floodax.multi_steps(optax.sgd(1.0), 2)
+    state = plain.init(jnp.ones(1))
+    _, state = plain.update(jnp.ones(1), state)
+    updates, _ = plain.update(jnp.ones(1), state)
+    np.testing.assert_array_equal(updates, -np.ones(1))
+
+
+def test_inject_hyperparams_inside_and_around():
+    g = jnp.ones(2)
+    inner = optax.chain(
+        optax.inject_hyperparams(floodax.flood)(flood_level=0.5), optax.sgd(1.0)
+    )
+    tx = floodax.multi_steps(inner, 2)
+    updates, state = _feed(tx, tx.init(g), [(g, 0.9), (g, 0.2)])
+    np.testing.assert_array_equal(updates, -g)
+    # k itself as an injected hyperparameter, changed without a retrace.
+    injected = optax.inject_hyperparams(floodax.multi_steps)(
+        inner=optax.chain(floodax.flood(0.5), optax.sgd(1.0)), every_k_schedule=2
+    )
+    fn = TraceCounter(lambda s, v: injected.update(g, s, value=v))
+    step = jax.jit(fn)
+    state = injected.init(g)
+    _, state = step(state, jnp.float32(0.9))
+    updates, state = step(state, jnp.float32(0.2))
+    np.testing.assert_array_equal(updates, -g)
+    state.hyperparams["every_k_schedule"] = jnp.asarray(1)
+    updates, state = step(state, jnp.float32(0.2))  # now every call: ascent
+    np.testing.assert_array_equal(updates, g)
+    assert fn.traces == 1
+
+
+def test_checkpoint_mid_accumulation_resumes_bitwise(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    tx = floodax.multi_steps(optax.chain(floodax.flood(0.5), optax.adam(0.1)), 3)
+    g = jnp.array([1.0, -0.5])
+    values = [0.9, 0.2, 0.4, 0.7, 0.1, 0.3, 0.8]
+
+    def run(state, vs):
+        out = []
+        for v in vs:
+            updates, state = tx.update(g * v, state, value=jnp.float32(v))
+            out.append(updates)
+        return out, state
+
+    uninterrupted, _ = run(tx.init(g), values)
+    first, state = run(tx.init(g), values[:4])  # one update and one micro-batch in
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "ckpt", state)
+    checkpointer.wait_until_finished()
+    restored = checkpointer.restore(
+        tmp_path / "ckpt", jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    )
+    assert isinstance(restored, floodax.MultiStepsState)
+    rest, _ = run(restored, values[4:])
+    for a, b in zip(first + rest, uninterrupted, strict=True):
+        np.testing.assert_array_equal(a, b)
