@@ -11,12 +11,15 @@ from floodax.experiments.datasets import load_digits_dataset as load_digits_data
 from floodax.experiments.datasets import make_synthetic as make_synthetic
 from floodax.experiments.models import MLP as MLP
 from floodax.experiments.training import PAPER_GRID as PAPER_GRID
+from floodax.experiments.training import HeldOutLosses as HeldOutLosses
 from floodax.experiments.training import History as History
 from floodax.experiments.training import SweepResult as SweepResult
 from floodax.experiments.training import TrainConfig as TrainConfig
 from floodax.experiments.training import TrainResult as TrainResult
 from floodax.experiments.training import cross_entropy as cross_entropy
+from floodax.experiments.training import heldout_losses as heldout_losses
 from floodax.experiments.training import make_optimizer as make_optimizer
+from floodax.experiments.training import select_flood_level as select_flood_level
 from floodax.experiments.training import sweep_flood_levels as sweep_flood_levels
 from floodax.experiments.training import train as train
 
@@ -25,15 +28,18 @@ __all__ = [
     "MLP",
     "PAPER_GRID",
     "Dataset",
+    "HeldOutLosses",
     "History",
     "SweepResult",
     "TrainConfig",
     "TrainResult",
     "cross_entropy",
+    "heldout_losses",
     "load_dataset",
     "load_digits_dataset",
     "make_optimizer",
     "make_synthetic",
+    "select_flood_level",
     "sweep_flood_levels",
     "train",
 ]

@@ -1,9 +1,13 @@
-"""``floodax demo``: flooding against a baseline, with the one-run sweep.
+"""``floodax demo``: flooding against a baseline, on the authors' protocol.
 
-Trains an unflooded baseline, sweeps the flood level over a grid in one
-vmapped run, selects it on (noisy) validation accuracy, retrains at the
-chosen level with every split recorded, prints a results table and writes a
-two-panel PNG.
+One sweep trains every flood level of the grid (0, the unflooded baseline,
+included) and selects the level by the final validation accuracy, as the
+authors' ``run_demo_synth.py`` does; the table reports those very runs. The
+figure needs the clean test accuracy along training, which the sweep does
+not record for every level, so the baseline and the chosen level are
+trained again with the test split evaluated along the way: with the
+sequential sweep (the default on a CPU) these replays are bit for bit the
+sweep's runs, and the demo checks that they are.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
 
-from floodax.experiments.datasets import load_dataset
+from floodax.experiments.datasets import Dataset, load_dataset
 from floodax.experiments.models import MLP
 from floodax.experiments.training import (
     PAPER_GRID,
@@ -28,6 +33,11 @@ from floodax.experiments.training import (
     sweep_flood_levels,
     train,
 )
+
+DEFAULT_MINUTES = 5.0
+"""Runs estimated to take longer than this are announced before they start."""
+TEST_POINTS = 40
+"""The test split is evaluated at about this many epochs of a replay."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +54,9 @@ class DemoConfig:
     depth: int = 4
     flood_level: float | None = None
     grid: Sequence[float] = PAPER_GRID
+    validation: str = "clean"
+    tie_break: str = "val_loss"
+    vectorized: bool | str = "auto"
     seed: int = 0
     out: str = "floodax-demo"
     progress: bool = True
@@ -58,87 +71,144 @@ def _train_config(config: DemoConfig) -> TrainConfig:
         optimizer=config.optimizer,
         learning_rate=lr,
         batch_size=config.batch_size,
+        validation=config.validation,
         seed=config.seed,
     )
 
 
-def _plot(path: str, baseline: TrainResult, flooded: TrainResult, title: str) -> None:
+def _levels(config: DemoConfig) -> tuple[float, ...]:
+    """The levels to train: the grid (or the one level asked for), with the
+    unflooded baseline b = 0 always among them, as in the authors' grids."""
+    levels = (config.flood_level,) if config.flood_level is not None else config.grid
+    return tuple(sorted({0.0, *(float(b) for b in levels)}))
+
+
+def estimate_seconds(
+    model: MLP, data: Dataset, config: TrainConfig, levels: int, replays: int
+) -> float:
+    """The demo's run time, extrapolated from timing one jitted training step
+    and one evaluation of this model on this machine (a second or two)."""
+    graphdef, state = nnx.split(model)
+    x, y = np.asarray(data.x_train), np.asarray(data.y_train)
+    batch = min(config.batch_size or len(y), len(y))
+
+    @jax.jit
+    def step(state, x, y):
+        def loss(state):
+            import optax
+
+            logits = nnx.merge(graphdef, state)(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        return jax.grad(loss)(state)
+
+    def timed(fn, *args, repeat=3):
+        jax.block_until_ready(fn(*args))
+        start = time.perf_counter()
+        for _ in range(repeat):
+            jax.block_until_ready(fn(*args))
+        return (time.perf_counter() - start) / repeat
+
+    step_s = timed(step, state, x[:batch], y[:batch])
+    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+    per_point = timed(forward, state, x) / len(y)
+    epoch_s = len(y) // batch * step_s + per_point * (len(y) + len(data.y_val))
+    test_s = per_point * len(data.y_test)
+    runs = levels + replays
+    return config.epochs * epoch_s * runs + test_s * (levels + replays * TEST_POINTS)
+
+
+def _plot(
+    path: str, baseline: TrainResult, flooded: TrainResult, validation: str, title: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
-    epochs = np.arange(1, len(baseline.history.train_loss) + 1)
+    fig, (ax_test, ax_loss, ax_val) = plt.subplots(1, 3, figsize=(16, 4.8))
     b = flooded.flood_level
-    for result, label, colour in (
+    twin = ax_val.twinx()
+    runs = (
         (baseline, "no flooding", "tab:blue"),
-        (flooded, f"flooding b={b:g}", "tab:red"),
-    ):
+        (flooded, f"flooding, b = {b:g}", "tab:red"),
+    )
+    for result, label, colour in runs[: 1 if flooded is baseline else 2]:
         h = result.history
+        epochs = np.arange(1, len(h.step_loss) + 1)
+        tested = ~np.isnan(h.test_accuracy)
+        ax_test.plot(
+            epochs[tested],
+            100 * h.test_accuracy[tested],
+            color=colour,
+            marker=".",
+            label=f"{label}: {100 * result.test_accuracy:.2f}% at the end",
+        )
+        ax_loss.plot(epochs, h.step_loss, color=colour, label=f"training loss, {label}")
         ax_loss.plot(
-            epochs,
-            h.step_loss,
+            epochs[tested],
+            h.test_loss[tested],
             color=colour,
             linestyle="--",
-            label=f"train (mini-batch), {label}",
+            label=f"clean test loss, {label}",
         )
-        ax_loss.plot(epochs, h.test_loss, color=colour, label=f"test, {label}")
-    ax_loss.axhline(b, color="grey", linewidth=0.8, linestyle=":", label="flood level")
+        val_loss, val_acc = h.validation(validation)
+        ax_val.plot(epochs, val_loss, color=colour, label=f"loss, {label}")
+        twin.plot(
+            epochs,
+            100 * val_acc,
+            color=colour,
+            linestyle=":",
+            label=f"accuracy, {label}",
+        )
+    ax_test.set_title("Clean test accuracy")
+    ax_test.set_xlabel("epoch")
+    ax_test.set_ylabel("accuracy (%)")
+    ax_test.legend(fontsize=8, loc="lower right")
+    ax_test.grid(alpha=0.3)
+    ax_loss.axhline(b, color="grey", linewidth=1, linestyle=":", label=f"b = {b:g}")
     ax_loss.set_yscale("log")
+    ax_loss.set_title("Training loss held at b (training mode), test loss")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy")
-    ax_loss.set_title("Train and clean-test loss")
+    ax_loss.set_ylabel("cross-entropy (log scale)")
     ax_loss.legend(fontsize=8)
-
-    ax_acc = ax_val.twinx()
-    for result, label, colour in (
-        (baseline, "no flooding", "tab:blue"),
-        (flooded, f"b={b:g}", "tab:red"),
-    ):
-        h = result.history
-        ax_val.plot(epochs, h.val_loss, color=colour, label=f"val loss, {label}")
-        ax_acc.plot(
-            epochs,
-            h.val_accuracy,
-            color=colour,
-            linestyle="--",
-            label=f"val accuracy, {label}",
-        )
+    ax_loss.grid(alpha=0.3)
+    ax_val.set_title(f"Validation ({validation} labels): loss vs accuracy")
     ax_val.set_xlabel("epoch")
-    ax_val.set_ylabel("validation loss (solid)")
-    ax_acc.set_ylabel("validation accuracy (dashed)")
-    ax_val.set_title("Validation loss next to validation accuracy")
+    ax_val.set_ylabel("cross-entropy (solid)")
+    twin.set_ylabel("accuracy, % (dotted)")
     lines = ax_val.get_legend_handles_labels()
-    more = ax_acc.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
     ax_val.legend(
         lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="center right"
     )
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _row(name: str, result: TrainResult) -> list[str]:
-    h = result.history
-    share = result.ascent_steps / max(result.steps, 1)
+def _row(name: str, sweep: SweepResult, index: int) -> list[str]:
+    h = sweep.history
+    _, val_acc = h.validation(sweep.validation)
     return [
         name,
-        f"{result.flood_level:g}",
-        f"{h.test_accuracy[-1]:.4f}",
-        f"{h.test_loss[-1]:.4f}",
-        f"{h.step_loss[-1]:.4f}",
-        f"{h.train_loss[-1]:.4f}",
-        f"{h.val_accuracy[-1]:.4f}",
-        f"{share:.1%}",
+        f"{sweep.flood_levels[index]:g}",
+        f"{sweep.test_accuracy[index]:.4f}",
+        f"{sweep.test_loss[index]:.4f}",
+        f"{h.step_loss[index, -1]:.4f}",
+        f"{h.train_loss[index, -1]:.4f}",
+        f"{h.train_accuracy[index, -1]:.4f}",
+        f"{val_acc[index, -1]:.4f}",
+        f"{sweep.ascent_share[index]:.1%}",
     ]
 
 
-def format_table(rows: list[list[str]]) -> str:
+def format_table(rows: list[list[str]], validation: str = "clean") -> str:
     """The results table. ``batch loss`` is the last epoch's mean mini-batch
     loss in training mode, the loss flooding compares with ``b``; ``train
-    loss`` is the training split evaluated afterwards in inference mode."""
+    loss`` and ``train acc`` are the (noisy) training split evaluated
+    afterwards in inference mode."""
     header = [
         "run",
         "flood level",
@@ -146,12 +216,61 @@ def format_table(rows: list[list[str]]) -> str:
         "test loss",
         "batch loss",
         "train loss",
-        "val acc",
+        "train acc",
+        f"val acc ({validation})",
         "ascended",
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+_COMPARED = ("step_loss", "train_loss", "val_loss", "val_clean_loss", "val_accuracy")
+
+
+def replay_difference(sweep: SweepResult, index: int, replay: TrainResult) -> float:
+    """The largest absolute difference between a replay's records and the
+    sweep's run at ``index`` (0.0 when they are bit for bit the same)."""
+    diffs = [
+        np.nanmax(
+            np.abs(
+                np.asarray(getattr(replay.history, f), np.float64)
+                - np.asarray(getattr(sweep.history, f)[index], np.float64)
+            ),
+            initial=0.0,
+        )
+        for f in _COMPARED
+    ]
+    diffs.append(abs(replay.test_accuracy - float(sweep.test_accuracy[index])))
+    return float(max(diffs))
+
+
+def warnings_for(sweep: SweepResult, num_classes: int, grid_size: int) -> list[str]:
+    """Plain-language flags for results that should not be read at face value."""
+    notes = []
+    base = float(sweep.test_accuracy[0])
+    chance = 1.0 / num_classes
+    if base < chance + 0.1 * (1 - chance):
+        notes.append(
+            f"the baseline's test accuracy ({base:.1%}) is near chance ({chance:.0%}): "
+            "it has not learned the task, so a gain from flooding here is not a "
+            "gain against memorisation; train longer or raise the learning rate."
+        )
+    levels = sweep.flood_levels
+    if grid_size > 2 and sweep.best_index == len(levels) - 1:
+        notes.append(
+            f"the chosen level {levels[-1]:g} is the largest of the grid: the best "
+            "level may lie above it; extend the grid (--grid)."
+        )
+    if sweep.best_index == 0:
+        notes.append(
+            "the baseline (b = 0) had the best validation accuracy: flooding did "
+            "not help on this run."
+        )
+    return notes
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
@@ -161,6 +280,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         config.dataset, seed=config.seed, label_noise=config.label_noise
     )
     train_config = _train_config(config)
+    levels = _levels(config)
     model = MLP(
         data.x_train.shape[1],
         data.num_classes,
@@ -168,62 +288,128 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         depth=config.depth,
         rngs=nnx.Rngs(config.seed),
     )
+    batches = (
+        "full batch" if config.batch_size is None else f"batches of {config.batch_size}"
+    )
     print(
         f"floodax demo: {config.dataset} ({len(data.y_train)} train, {len(data.y_val)} "
-        f"validation, {len(data.y_test)} clean test; "
-        f"label noise {config.label_noise:g}), "
-        f"MLP {config.depth}×{config.width}, {config.optimizer} lr "
-        f"{train_config.learning_rate:g}, {config.epochs} epochs"
+        f"validation, {len(data.y_test)} clean test; label noise "
+        f"{config.label_noise:g}), MLP {config.depth}×{config.width} (PyTorch "
+        f"initialisation and batch norm, as the authors'), {config.optimizer} lr "
+        f"{train_config.learning_rate:g}, {config.epochs} epochs, "
+        f"{batches}"
     )
-    baseline = train(
-        model, data, train_config, flood_level=0.0, progress=config.progress
-    )
-    sweep: SweepResult | None = None
-    if config.flood_level is None:
-        sweep = sweep_flood_levels(
-            model, data, train_config, config.grid, progress=config.progress
-        )
-        chosen = sweep.best_flood_level
+    estimate = estimate_seconds(model, data, train_config, len(levels), 2)
+    if estimate > 60 * DEFAULT_MINUTES:
         print(
-            f"swept {len(sweep.flood_levels)} flood levels in one vmapped run; "
-            f"best on validation accuracy: b = {chosen:g}"
+            f"note: this run will take about {estimate / 60:.0f} minutes on this "
+            f"machine (the default run takes about 3); Ctrl-C stops it."
         )
-    else:
-        chosen = config.flood_level
-    flooded = train(
-        model, data, train_config, flood_level=chosen, progress=config.progress
+    sweep = sweep_flood_levels(
+        model,
+        data,
+        train_config,
+        levels,
+        tie_break=config.tie_break,
+        vectorized=config.vectorized,
+        progress=config.progress,
+    )
+    chosen = sweep.best_index
+    how = "together under jax.vmap" if sweep.vectorized else "one after another"
+    print(
+        f"trained {len(levels)} flood levels {how}; best on the final "
+        f"{config.validation} validation accuracy: b = {sweep.best_flood_level:g}"
     )
     print()
-    print(format_table([_row("baseline", baseline), _row("flooding", flooded)]))
+    print(
+        format_table(
+            [_row("baseline", sweep, 0), _row("flooding", sweep, chosen)],
+            config.validation,
+        )
+    )
+    test_every = max(1, config.epochs // TEST_POINTS)
+    baseline = train(
+        model,
+        data,
+        train_config,
+        flood_level=0.0,
+        test_every=test_every,
+        progress=config.progress,
+    )
+    flooded = (
+        baseline
+        if chosen == 0
+        else train(
+            model,
+            data,
+            train_config,
+            flood_level=float(levels[chosen]),
+            test_every=test_every,
+            progress=config.progress,
+        )
+    )
+    differences = [
+        replay_difference(sweep, 0, baseline),
+        replay_difference(sweep, chosen, flooded),
+    ]
+    if sweep.vectorized:
+        replay_note = (
+            "the curves come from the two levels trained alone; the vmapped "
+            f"sweep's runs differ from them by at most {max(differences):.2g} "
+            "(rounding of batched matrix products, see benchmarks/sweep_drift.md)"
+        )
+    elif max(differences) == 0.0:
+        replay_note = (
+            "the curves come from replays of the two runs, checked bit for bit "
+            "equal to the sweep's"
+        )
+    else:
+        replay_note = (
+            f"WARNING: the replays differ from the sweep's runs by up to "
+            f"{max(differences):.2g}, though they should be bit for bit equal"
+        )
+    print(f"\n{replay_note}")
+    notes = warnings_for(sweep, data.num_classes, len(levels))
+    for note in notes:
+        print(f"note: {note}")
     os.makedirs(config.out, exist_ok=True)
     png = os.path.join(config.out, "floodax_demo.png")
     _plot(
         png,
         baseline,
         flooded,
-        f"floodax demo: {config.dataset}, label noise {config.label_noise:g}",
+        config.validation,
+        f"floodax demo: {config.dataset}, label noise {config.label_noise:g}, "
+        f"{config.optimizer}, b chosen on {config.validation} validation accuracy",
     )
+
+    def summary(index: int) -> dict[str, float]:
+        return {
+            "flood_level": float(levels[index]),
+            "test_accuracy": float(sweep.test_accuracy[index]),
+            "test_loss": float(sweep.test_loss[index]),
+            "train_accuracy": float(sweep.history.train_accuracy[index, -1]),
+            "ascent_share": float(sweep.ascent_share[index]),
+        }
+
     results: dict[str, Any] = {
         "config": {**dataclasses.asdict(config), "grid": list(config.grid)},
-        "baseline": {
-            "test_accuracy": float(baseline.history.test_accuracy[-1]),
-            "test_loss": float(baseline.history.test_loss[-1]),
+        "baseline": summary(0),
+        "flooding": summary(chosen),
+        "sweep": {
+            "flood_levels": sweep.flood_levels.tolist(),
+            "final_val_accuracy": sweep.history.validation(config.validation)[1][
+                :, -1
+            ].tolist(),
+            "test_accuracy": sweep.test_accuracy.tolist(),
+            "vectorized": sweep.vectorized,
         },
-        "flooding": {
-            "flood_level": chosen,
-            "test_accuracy": float(flooded.history.test_accuracy[-1]),
-            "test_loss": float(flooded.history.test_loss[-1]),
-            "ascent_share": flooded.ascent_steps / max(flooded.steps, 1),
-        },
+        "replay_max_difference": max(differences),
+        "notes": notes,
         "png": png,
+        "estimated_seconds": estimate,
         "seconds": time.perf_counter() - start,
     }
-    if sweep is not None:
-        results["sweep"] = {
-            "flood_levels": sweep.flood_levels.tolist(),
-            "final_val_accuracy": sweep.history.val_accuracy[:, -1].tolist(),
-            "test_accuracy": sweep.test_accuracy.tolist(),
-        }
     with open(os.path.join(config.out, "floodax_demo.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(f"\nwrote {png} and floodax_demo.json in {results['seconds']:.0f} s")

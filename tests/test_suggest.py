@@ -1,0 +1,40 @@
+"""Tests of suggest_flood_level, the rule of thumb for a first flood level."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import floodax
+
+
+def test_suggest_flood_level_finds_the_rise():
+    epochs = np.arange(40)
+    train_losses = np.exp(-epochs / 8)
+    val = 0.7 * np.exp(-epochs / 8) + 0.02 * np.maximum(epochs - 15, 0)
+    val[10] += 0.05  # a one-epoch uptick, ignored with patience 3
+    s = floodax.suggest_flood_level(train_losses, val)
+    rise = int(np.argmin(val))
+    assert s.epoch == rise and s.validation_loss_rises
+    assert s.flood_level == pytest.approx(0.5 * train_losses[rise])
+    assert floodax.suggest_flood_level(train_losses, val, patience=1).epoch == 9
+    lower = floodax.suggest_flood_level(train_losses, val, fraction=0.25)
+    assert lower.flood_level == pytest.approx(0.25 * train_losses[rise])
+
+
+def test_suggest_flood_level_without_a_rise():
+    losses = np.linspace(1.0, 0.1, 10)
+    s = floodax.suggest_flood_level(losses, losses + 0.1)
+    assert not s.validation_loss_rises and s.epoch == 9
+    assert s.flood_level == pytest.approx(0.05)
+
+
+def test_suggest_flood_level_bad_input():
+    with pytest.raises(ValueError, match="same non-zero length"):
+        floodax.suggest_flood_level([1.0, 0.5], [1.0])
+    with pytest.raises(ValueError, match="must be finite"):
+        floodax.suggest_flood_level([1.0, np.nan], [1.0, 0.5])
+    with pytest.raises(ValueError, match="`fraction` must lie in"):
+        floodax.suggest_flood_level([1.0], [1.0], fraction=0.0)
+    with pytest.raises(ValueError, match="`patience` must be an int"):
+        floodax.suggest_flood_level([1.0], [1.0], patience=0)
