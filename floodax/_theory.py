@@ -18,6 +18,7 @@ module computes both forms and measures their errors on a real model.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -28,7 +29,7 @@ import numpy as np
 import optax
 
 from floodax._alternate import alternate
-from floodax._penalty import squared_norm
+from floodax._penalty import grad_norm_penalty, squared_norm
 from floodax._validation import check_rate_order, check_scalar_hyperparam
 
 
@@ -145,6 +146,20 @@ def _distance(a: chex.ArrayTree, b: chex.ArrayTree) -> jax.Array:
     return jnp.sqrt(squared_norm(jax.tree.map(jnp.subtract, a, b)))
 
 
+def _two_steps(
+    value_fn: Callable[[Any], Any],
+    params: chex.ArrayTree,
+    descent_rate: Any,
+    ascent_rate: Any,
+    ascent_first: bool,
+) -> chex.ArrayTree:
+    """The pair of steps on the full batch, taken by :func:`alternate`."""
+    grads = jax.grad(value_fn)(params)
+    tx = alternate(descent_rate, ascent_rate, ascent_first=ascent_first)
+    updates, _ = tx.update(grads, tx.init(params), params, value_fn=value_fn)
+    return optax.apply_updates(params, updates)
+
+
 def check_equivalence(
     loss_fn: Callable[..., Any],
     params: chex.ArrayTree,
@@ -187,9 +202,7 @@ def check_equivalence(
         return loss_fn(p, *args)
 
     grads = jax.grad(value_fn)(params)
-    tx = alternate(descent_rate, ascent_rate, ascent_first=ascent_first)
-    updates, _ = tx.update(grads, tx.init(params), params, value_fn=value_fn)
-    two_steps = optax.apply_updates(params, updates)
+    two_steps = _two_steps(value_fn, params, descent_rate, ascent_rate, ascent_first)
 
     penalty_grads = jax.grad(lambda p: squared_norm(jax.grad(value_fn)(p)))(params)
     net_rate = descent_rate - ascent_rate
@@ -253,13 +266,67 @@ ROUNDING_ULPS = 8
 """Errors below ``ROUNDING_ULPS·eps·‖θ‖`` are rounding, not truncation."""
 
 
-def _rounding_level(params: chex.ArrayTree, reports: list) -> tuple[float, Any]:
+def _rounding_level(params: chex.ArrayTree, endpoints: list) -> tuple[float, Any]:
     dtype = optax.tree.dtype(params, "highest")
     scale = max(
         [float(jnp.sqrt(squared_norm(params)))]
-        + [float(jnp.sqrt(squared_norm(r.two_steps))) for r in reports]
+        + [float(jnp.sqrt(squared_norm(e))) for e in endpoints]
     )
     return ROUNDING_ULPS * float(jnp.finfo(dtype).eps) * scale, dtype
+
+
+def _check_ladder(largest_rate: Any, ratio: Any, num_rates: Any, shrink: Any) -> None:
+    check_scalar_hyperparam("largest_rate", largest_rate, positive=True)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(
+            f"`ratio` is ε2/ε1 and must lie in [0, 1], got {ratio}; "
+            "ratio=1 checks flooding's pair."
+        )
+    if not 0.0 < shrink < 1.0:
+        raise ValueError(f"`shrink` must lie in (0, 1), got {shrink}.")
+    if isinstance(num_rates, bool) or not isinstance(num_rates, int) or num_rates < 2:
+        raise ValueError(
+            f"`num_rates` must be an int >= 2 to fit a slope, got {num_rates!r}."
+        )
+
+
+def _order_report(
+    params: chex.ArrayTree,
+    descent_rates: np.ndarray,
+    ascent_rates: np.ndarray,
+    predicted_errors: np.ndarray,
+    baseline_errors: np.ndarray,
+    endpoints: list,
+    what: str,
+) -> OrderReport:
+    """Fits both slopes on the rungs whose errors lie above rounding."""
+    level, dtype = _rounding_level(params, endpoints)
+    fitted = (predicted_errors > level) & (baseline_errors > level)
+    if not np.any(predicted_errors > level):
+        raise ValueError(
+            f"`loss_fn`: {what} is exact to rounding at every rate (errors at "
+            f"most {predicted_errors.max():.1e}, the rounding level of "
+            f"{jnp.dtype(dtype).name} here being {level:.1e}), so there is no "
+            "error order to fit. A loss that is quadratic around `params` makes "
+            "the prediction exact, and so does `ratio=0` (the pair is then a "
+            "single step)."
+        )
+    if fitted.sum() < 2:
+        raise ValueError(
+            f"`loss_fn`: only {int(fitted.sum())} of {len(descent_rates)} rates "
+            f"give errors above the rounding level of {jnp.dtype(dtype).name} "
+            f"({level:.1e}); fitting an order needs two. Use float64 parameters "
+            "(`jax.enable_x64`), a larger `largest_rate`, or fewer `num_rates`."
+        )
+    return OrderReport(
+        descent_rates=descent_rates,
+        ascent_rates=ascent_rates,
+        derivation_errors=predicted_errors,
+        first_order_errors=baseline_errors,
+        derivation_order=_fitted_slope(descent_rates[fitted], predicted_errors[fitted]),
+        first_order_order=_fitted_slope(descent_rates[fitted], baseline_errors[fitted]),
+        fitted=fitted,
+    )
 
 
 def equivalence_order(
@@ -305,18 +372,7 @@ def equivalence_order(
       >>> print(round(report.derivation_order), round(report.first_order_order))
       3 2
     """
-    check_scalar_hyperparam("largest_rate", largest_rate, positive=True)
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(
-            f"`ratio` is ε2/ε1 and must lie in [0, 1], got {ratio}; "
-            "ratio=1 checks flooding's pair."
-        )
-    if not 0.0 < shrink < 1.0:
-        raise ValueError(f"`shrink` must lie in (0, 1), got {shrink}.")
-    if isinstance(num_rates, bool) or not isinstance(num_rates, int) or num_rates < 2:
-        raise ValueError(
-            f"`num_rates` must be an int >= 2 to fit a slope, got {num_rates!r}."
-        )
+    _check_ladder(largest_rate, ratio, num_rates, shrink)
     descent_rates = largest_rate * shrink ** np.arange(num_rates)
     ascent_rates = ratio * descent_rates
     reports = [
@@ -325,32 +381,303 @@ def equivalence_order(
         )
         for e1, e2 in zip(descent_rates, ascent_rates, strict=True)
     ]
-    derivation = np.array([float(r.derivation_error) for r in reports])
-    first_order = np.array([float(r.first_order_error) for r in reports])
-    level, dtype = _rounding_level(params, reports)
-    fitted = (derivation > level) & (first_order > level)
-    if not np.any(derivation > level):
+    return _order_report(
+        params,
+        descent_rates,
+        ascent_rates,
+        np.array([float(r.derivation_error) for r in reports]),
+        np.array([float(r.first_order_error) for r in reports]),
+        [r.two_steps for r in reports],
+        "the one-step prediction",
+    )
+
+
+def implicit_penalty(learning_rate: chex.Numeric) -> Any:
+    r"""The implicit gradient penalty of one gradient-descent step: ``h/4``.
+
+    Barrett and Dherin show that a step ``θ − h·∇L`` follows, to second
+    order in ``h``, the gradient flow of the modified loss
+
+    .. math::
+
+      \tilde L = L + \frac{h}{4}\, \|\nabla L\|^2
+
+    for a time ``h``: the flow of ``L`` alone is off by ``O(h²)``, the flow of
+    ``L̃`` by ``O(h³)`` (:func:`flow_order` measures both).
+
+    Args:
+      learning_rate: ``h >= 0``.
+
+    Returns:
+      ``h/4``.
+
+    Examples:
+      >>> import floodax
+      >>> print(floodax.implicit_penalty(0.2))
+      0.05
+
+    References:
+      Barrett and Dherin, "Implicit Gradient Regularization", ICLR 2021.
+    """
+    check_scalar_hyperparam("learning_rate", learning_rate)
+    return learning_rate / 4
+
+
+def flow_penalty(
+    descent_rate: chex.Numeric, ascent_rate: chex.Numeric = 0.0
+) -> EquivalentPenalty:
+    r"""The gradient flow an alternating pair follows: its time and penalty.
+
+    Against one step (:func:`equivalent_penalty`) a pair of steps, descent
+    ``ε1`` and ascent ``ε2 < ε1``, carries the explicit penalty
+    ``ε1·ε2/(2(ε1 − ε2))``; against the *gradient flow*, that one step of
+    rate ``ε1 − ε2`` carries the implicit ``(ε1 − ε2)/4`` too
+    (:func:`implicit_penalty`). So the pair follows, to second order, the
+    flow of
+
+    .. math::
+
+      L + \Big(\frac{\varepsilon_1 \varepsilon_2}{2(\varepsilon_1 -
+      \varepsilon_2)} + \frac{\varepsilon_1 - \varepsilon_2}{4}\Big)
+      \|\nabla L\|^2
+
+    for a time ``ε1 − ε2``. With ``ε2 = 0`` it is one step of gradient descent
+    and the penalty is the implicit ``ε1/4`` alone.
+
+    Args:
+      descent_rate: ``ε1 > ascent_rate``.
+      ascent_rate: ``ε2 >= 0``.
+
+    Returns:
+      :class:`EquivalentPenalty` ``(learning_rate, strength)``: the flow's
+      time ``ε1 − ε2`` and the total strength.
+
+    Examples:
+      >>> import floodax
+      >>> time, strength = floodax.flow_penalty(0.3, 0.1)
+      >>> print(f"{time:.2f} {strength:.3f}")  # 0.075 explicit + 0.05 implicit
+      0.20 0.125
+    """
+    _check_rates(descent_rate, ascent_rate, strict=True)
+    time = descent_rate - ascent_rate
+    return EquivalentPenalty(
+        learning_rate=time,
+        strength=descent_rate * ascent_rate / (2 * time) + time / 4,
+    )
+
+
+class FlowReport(NamedTuple):
+    """What :func:`check_modified_flow` measured.
+
+    Attributes:
+      steps: the parameters after the real step(s).
+      modified_flow: after the gradient flow of ``L + λ‖∇L‖²`` for the time
+        of :func:`flow_penalty`.
+      plain_flow: after the flow of ``L`` alone for the same time.
+      modified_error: ``‖steps − modified_flow‖``, ``O(ε³)``.
+      plain_error: ``‖steps − plain_flow‖``, ``O(ε²)``.
+
+    Examples:
+      >>> import jax.numpy as jnp, floodax
+      >>> r = floodax.check_modified_flow(lambda w: jnp.sum(jnp.cos(w)),
+      ...                                 jnp.array([0.5, 1.0]), 0.1)
+      >>> print(bool(r.modified_error < r.plain_error / 10))
+      True
+    """
+
+    steps: chex.ArrayTree
+    modified_flow: chex.ArrayTree
+    plain_flow: chex.ArrayTree
+    modified_error: jax.Array
+    plain_error: jax.Array
+
+
+def _flow(
+    gradient: Callable[[Any], Any], params: chex.ArrayTree, time: Any, substeps: int
+) -> chex.ArrayTree:
+    """``θ' = −gradient(θ)`` for ``time``, by ``substeps`` steps of classical
+    Runge–Kutta (global error ``O(dt⁴)``)."""
+    dt = time / substeps
+
+    def axpy(a: Any, x: Any, y: Any) -> Any:
+        return jax.tree.map(lambda xi, yi: yi + a * xi, x, y)
+
+    def rk4(_: Any, p: Any) -> Any:
+        k1 = gradient(p)
+        k2 = gradient(axpy(-dt / 2, k1, p))
+        k3 = gradient(axpy(-dt / 2, k2, p))
+        k4 = gradient(axpy(-dt, k3, p))
+        total = jax.tree.map(lambda a, b, c, d: a + 2 * b + 2 * c + d, k1, k2, k3, k4)
+        return axpy(-dt / 6, total, p)
+
+    return jax.lax.fori_loop(0, substeps, rk4, params)
+
+
+def _apply(loss_fn: Callable[..., Any], args: tuple, params: Any) -> Any:
+    return loss_fn(params, *args)
+
+
+def _bind(loss_fn: Callable[..., Any], args: tuple) -> Callable[[Any], Any]:
+    """``params ↦ loss_fn(params, *args)`` as a pytree whose leaves are the
+    batch, so it can be an argument of a jitted function."""
+    return jax.tree_util.Partial(functools.partial(_apply, loss_fn), args)
+
+
+def _flow_endpoints(
+    value_fn: Callable[[Any], Any],
+    params: chex.ArrayTree,
+    descent_rate: Any,
+    ascent_rate: Any,
+    *,
+    ascent_first: bool,
+    substeps: int,
+) -> tuple[Any, Any, Any]:
+    """The real step(s) and both flows; the rates may be traced, so a whole
+    ladder of them is one compiled computation."""
+    time = descent_rate - ascent_rate
+    strength = descent_rate * ascent_rate / (2 * time) + time / 4
+    steps = _two_steps(value_fn, params, descent_rate, ascent_rate, ascent_first)
+    modified = jax.grad(grad_norm_penalty(value_fn, strength))
+    return (
+        steps,
+        _flow(modified, params, time, substeps),
+        _flow(jax.grad(value_fn), params, time, substeps),
+    )
+
+
+def _flow_report(steps: Any, modified_flow: Any, plain_flow: Any) -> FlowReport:
+    return FlowReport(
+        steps=steps,
+        modified_flow=modified_flow,
+        plain_flow=plain_flow,
+        modified_error=_distance(steps, modified_flow),
+        plain_error=_distance(steps, plain_flow),
+    )
+
+
+def check_modified_flow(
+    loss_fn: Callable[..., Any],
+    params: chex.ArrayTree,
+    descent_rate: chex.Numeric,
+    ascent_rate: chex.Numeric = 0.0,
+    *args: Any,
+    ascent_first: bool = False,
+    substeps: int = 200,
+) -> FlowReport:
+    r"""Measures how well a gradient flow predicts one step, or a pair.
+
+    The real step(s) are taken by :func:`alternate` on the full batch (with
+    ``ascent_rate=0``, one step of gradient descent); the prediction
+    integrates the gradient flow of ``L + λ‖∇L‖²`` (:func:`flow_penalty`) for
+    a time ``ε1 − ε2`` with ``substeps`` Runge–Kutta steps, and the baseline
+    the flow of ``L`` alone. Use float64: the errors fall as ``ε³``.
+
+    Args:
+      loss_fn: scalar loss, ``loss_fn(params, *args)``.
+      params: the starting point θ.
+      descent_rate: ``ε1 > ascent_rate``.
+      ascent_rate: ``ε2 >= 0`` (0 for plain gradient descent).
+      *args: the batch.
+      ascent_first: backstitch order.
+      substeps: Runge–Kutta steps for the flows (error ``O((ε/substeps)⁴)``).
+
+    Returns:
+      A :class:`FlowReport`.
+
+    Examples:
+      >>> import jax.numpy as jnp, floodax
+      >>> loss_fn = lambda w: jnp.sum(jnp.cos(w))
+      >>> small = floodax.check_modified_flow(loss_fn, jnp.array([0.5, 1.0]), 0.05)
+      >>> large = floodax.check_modified_flow(loss_fn, jnp.array([0.5, 1.0]), 0.1)
+      >>> print(f"{large.modified_error / small.modified_error:.0f}")  # 2³
+      8
+    """
+    flow_penalty(descent_rate, ascent_rate)  # checks the rates
+    check_scalar_hyperparam("substeps", substeps, positive=True)
+    endpoints = jax.jit(
+        functools.partial(_flow_endpoints, ascent_first=ascent_first, substeps=substeps)
+    )(_bind(loss_fn, args), params, descent_rate, ascent_rate)
+    return _flow_report(*endpoints)
+
+
+def flow_order(
+    loss_fn: Callable[..., Any],
+    params: chex.ArrayTree,
+    *args: Any,
+    largest_rate: float = 0.1,
+    ratio: float = 0.0,
+    num_rates: int = 6,
+    shrink: float = 0.5,
+    ascent_first: bool = False,
+    substeps: int = 200,
+) -> OrderReport:
+    r"""Fits the order of the modified flow's error over a geometric ladder.
+
+    Runs :func:`check_modified_flow` at ``ε1 = largest_rate·shrinkᵏ`` with
+    ``ε2 = ratio·ε1`` (``ratio=0``: one step of gradient descent, Barrett and
+    Dherin's setting). In the returned :class:`OrderReport`,
+    ``derivation_*`` is the error against the flow of the modified loss
+    (theory: order 3) and ``first_order_*`` against the flow of ``L`` alone
+    (theory: 2).
+
+    Args:
+      loss_fn: scalar loss, ``loss_fn(params, *args)``.
+      params: the starting point θ (float64 recommended).
+      *args: the batch.
+      largest_rate: the first rung's ``ε1``.
+      ratio: ``ε2/ε1`` in ``[0, 1)``.
+      num_rates: how many rungs (at least 2).
+      shrink: the factor between rungs, in ``(0, 1)``.
+      ascent_first: backstitch order.
+      substeps: Runge–Kutta steps per flow.
+
+    Returns:
+      An :class:`OrderReport`.
+
+    Raises:
+      ValueError: bad ladder arguments (``ratio=1`` has no flow time: use
+        :func:`equivalence_order` for flooding's pair); errors at the
+        rounding level.
+
+    Examples:
+      >>> import jax.numpy as jnp, floodax
+      >>> report = floodax.flow_order(lambda w: jnp.sum(jnp.cos(w)),
+      ...                             jnp.array([0.5, 1.0]), num_rates=3)
+      >>> print(round(report.derivation_order), round(report.first_order_order))
+      3 2
+
+    References:
+      Barrett and Dherin, "Implicit Gradient Regularization", ICLR 2021.
+    """
+    _check_ladder(largest_rate, ratio, num_rates, shrink)
+    if ratio >= 1:
         raise ValueError(
-            "`loss_fn`: the one-step prediction is exact to rounding at every "
-            f"rate (derivation errors at most {derivation.max():.1e}, the "
-            f"rounding level of {jnp.dtype(dtype).name} here being {level:.1e}), "
-            "so there is no error order to fit. A loss that is quadratic around "
-            "`params` makes the prediction exact, and so does `ratio=0` (the "
-            "pair is then a single step)."
+            "`ratio` must be below 1 here: with ε1 = ε2 the pair has no flow time "
+            "(ε1 − ε2 = 0); check flooding's pair with floodax.equivalence_order."
         )
-    if fitted.sum() < 2:
-        raise ValueError(
-            f"`loss_fn`: only {int(fitted.sum())} of {num_rates} rates give errors "
-            f"above the rounding level of {jnp.dtype(dtype).name} ({level:.1e}); "
-            "fitting an order needs two. Use float64 parameters "
-            "(`jax.enable_x64`), a larger `largest_rate`, or fewer `num_rates`."
-        )
-    return OrderReport(
-        descent_rates=descent_rates,
-        ascent_rates=ascent_rates,
-        derivation_errors=derivation,
-        first_order_errors=first_order,
-        derivation_order=_fitted_slope(descent_rates[fitted], derivation[fitted]),
-        first_order_order=_fitted_slope(descent_rates[fitted], first_order[fitted]),
-        fitted=fitted,
+    check_scalar_hyperparam("substeps", substeps, positive=True)
+    descent_rates = largest_rate * shrink ** np.arange(num_rates)
+    ascent_rates = ratio * descent_rates
+    dtype = optax.tree.dtype(params, "highest")
+    endpoints = functools.partial(
+        _flow_endpoints, ascent_first=ascent_first, substeps=substeps
+    )
+    ladder = jax.jit(jax.vmap(endpoints, in_axes=(None, None, 0, 0)))(
+        _bind(loss_fn, args),
+        params,
+        jnp.asarray(descent_rates, dtype),
+        jnp.asarray(ascent_rates, dtype),
+    )
+    reports = [
+        _flow_report(*jax.tree.map(lambda leaf, k=k: leaf[k], ladder))
+        for k in range(num_rates)
+    ]
+    return _order_report(
+        params,
+        descent_rates,
+        ascent_rates,
+        np.array([float(r.modified_error) for r in reports]),
+        np.array([float(r.plain_error) for r in reports]),
+        [r.steps for r in reports],
+        "the modified flow",
     )

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -109,6 +110,7 @@ def test_verify_command_prints_table_and_succeeds(capsys):
     for scheme in _verify.SCHEMES:
         assert scheme.name in out
     assert out.count("fitted order, derivation:") == 4
+    assert out.count("fitted order, modified flow:") == 3
     assert "all orders within tolerance" in out
 
 
@@ -139,3 +141,89 @@ def test_python_dash_m_floodax_verify():
     )
     assert result.returncode == 0, result.stderr
     assert "all orders within tolerance" in result.stdout
+
+
+def test_implicit_and_flow_penalties():
+    assert floodax.implicit_penalty(0.2) == pytest.approx(0.05)
+    time, strength = floodax.flow_penalty(0.3, 0.1)
+    assert time == pytest.approx(0.2)
+    assert strength == pytest.approx(0.3 * 0.1 / 0.4 + 0.2 / 4)
+    # ε2 = 0 is plain gradient descent: the implicit term alone.
+    assert floodax.flow_penalty(0.3).strength == pytest.approx(0.3 / 4)
+    with pytest.raises(ValueError, match="`learning_rate` must be non-negative"):
+        floodax.implicit_penalty(-0.1)
+    with pytest.raises(ValueError, match="must exceed `ascent_rate`"):
+        floodax.flow_penalty(0.1, 0.1)
+    with pytest.raises(ValueError, match="`ratio` must be below 1 here"):
+        floodax.flow_order(mlp_loss, {}, ratio=1.0)
+
+
+@pytest.mark.usefixtures("x64")
+def test_flow_integration_matches_the_exact_solution():
+    # θ' = −Aθ for L = ½θᵀAθ: θ(t) = exp(−At)θ0, and the modified loss adds
+    # λ‖Aθ‖², so its flow is exp(−(A + 2λA²)t)θ0.
+    from floodax._theory import _flow
+
+    def expm(m):  # symmetric: V·exp(Λ)·Vᵀ
+        values, vectors = np.linalg.eigh(m)
+        return vectors @ np.diag(np.exp(values)) @ vectors.T
+
+    a = jnp.array([[2.0, 0.5], [0.5, 1.0]])
+    theta = jnp.array([1.0, -2.0])
+    loss = lambda w: 0.5 * w @ a @ w  # noqa: E731
+    np.testing.assert_allclose(
+        _flow(jax.grad(loss), theta, 0.3, 100),
+        expm(-0.3 * np.asarray(a)) @ theta,
+        rtol=1e-10,
+    )
+    report = floodax.check_modified_flow(loss, theta, 0.3, 0.1)
+    time, strength = floodax.flow_penalty(0.3, 0.1)
+    modified = np.asarray(a) + 2 * strength * np.asarray(a) @ np.asarray(a)
+    np.testing.assert_allclose(
+        report.modified_flow, expm(-time * modified) @ theta, rtol=1e-10
+    )
+    np.testing.assert_allclose(
+        report.plain_flow, expm(-time * np.asarray(a)) @ theta, rtol=1e-10
+    )
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5])
+@pytest.mark.parametrize("ascent_first", [False, True])
+def test_flow_orders_match_theory(mlp, ratio, ascent_first):
+    params, x, y = mlp
+    report = floodax.flow_order(
+        mlp_loss,
+        params,
+        x,
+        y,
+        largest_rate=0.2,
+        ratio=ratio,
+        ascent_first=ascent_first,
+        num_rates=5,
+        substeps=50,
+    )
+    assert abs(report.derivation_order - 3.0) < 0.2
+    assert abs(report.first_order_order - 2.0) < 0.2
+
+
+@pytest.mark.usefixtures("x64")
+def test_the_implicit_term_is_needed(mlp):
+    # Against the flow of L plus the explicit penalty alone, the pair's error
+    # is second order, not third: the implicit (ε1 − ε2)/4 carries it.
+    from floodax._theory import _flow, _two_steps
+
+    params, x, y = mlp
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    rates = np.array([0.05, 0.025, 0.0125, 0.00625])
+    errors = []
+    for e1 in rates:
+        lr, explicit = floodax.equivalent_penalty(e1, e1 / 2)
+        steps = _two_steps(loss_fn, params, e1, e1 / 2, False)
+        grad = jax.grad(floodax.grad_norm_penalty(loss_fn, explicit))
+        flow = _flow(grad, params, lr, 50)
+        diff = jax.tree.map(jnp.subtract, steps, flow)
+        errors.append(
+            float(jnp.sqrt(sum(jnp.sum(d**2) for d in jax.tree.leaves(diff))))
+        )
+    slope = np.polyfit(np.log(rates), np.log(errors), 1)[0]
+    assert abs(slope - 2.0) < 0.2

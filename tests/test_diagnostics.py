@@ -1,0 +1,199 @@
+"""Hessian eigenvalues, gradient norm and loss landscape, against references."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import floodax
+from tests.helpers import mlp_loss
+
+pytestmark = pytest.mark.usefixtures("x64")
+
+
+def _dense_spectrum(loss_fn, params):
+    flat, unravel = ravel_pytree(params)
+    hessian = jax.hessian(lambda v: loss_fn(unravel(v)))(flat)
+    values, vectors = jnp.linalg.eigh(hessian)
+    return np.asarray(values), np.asarray(vectors), unravel
+
+
+@pytest.mark.parametrize("num_iterations", [None, 25])
+def test_extreme_eigenvalues_match_the_dense_hessian(mlp, num_iterations):
+    params, x, y = mlp
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    values, _, _ = _dense_spectrum(loss_fn, params)
+    assert values.size == 25
+    top = floodax.hessian_eigenvalues(
+        mlp_loss, params, x, y, k=3, num_iterations=num_iterations
+    )
+    bottom = floodax.hessian_eigenvalues(
+        mlp_loss, params, x, y, k=1, which="smallest", num_iterations=num_iterations
+    )
+    # 23 Lanczos steps (the default) of 25 already pin the extremes.
+    np.testing.assert_allclose(top.eigenvalues, values[::-1][:3], rtol=1e-9)
+    np.testing.assert_allclose(bottom.eigenvalues, values[:1], rtol=1e-9, atol=1e-12)
+    assert np.all(top.residuals < 1e-7)
+
+
+def test_a_saddle_is_found_with_its_escape_direction():
+    # f(u, v, w) = u² − v² + u·w + w²/2 at the origin: a saddle whose
+    # Hessian [[2, 0, 1], [0, −2, 0], [1, 0, 1]] has one negative eigenvalue, −2,
+    # along v.
+    def loss_fn(p):
+        u, v, w = p["uv"][0], p["uv"][1], p["w"]
+        return u**2 - v**2 + u * w + w**2 / 2
+
+    params = {"uv": jnp.zeros(2), "w": jnp.zeros(())}
+    values, vectors, _ = _dense_spectrum(loss_fn, params)
+    out = floodax.hessian_eigenvalues(
+        loss_fn, params, k=1, which="smallest", return_eigenvectors=True
+    )
+    np.testing.assert_allclose(out.eigenvalues, [-2.0], rtol=1e-12)
+    np.testing.assert_allclose(values[0], -2.0, rtol=1e-12)
+    direction = jax.tree.map(lambda leaf: leaf[0], out.eigenvectors)
+    flat = ravel_pytree(direction)[0]
+    assert abs(float(flat @ vectors[:, 0])) == pytest.approx(1.0, abs=1e-10)
+    # Moving along it lowers the loss: the escape direction.
+    for t in (0.1, -0.1):
+        moved = jax.tree.map(lambda p, d, t=t: p + t * d, params, direction)
+        assert float(loss_fn(moved)) < float(loss_fn(params))
+
+
+def test_eigenvectors_are_unit_pytrees_with_small_residuals(mlp):
+    params, x, y = mlp
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    out = floodax.hessian_eigenvalues(
+        loss_fn, params, k=2, return_eigenvectors=True, num_iterations=25
+    )
+    assert jax.tree.structure(out.eigenvectors) == jax.tree.structure(params)
+    for leaf, p in zip(
+        jax.tree.leaves(out.eigenvectors), jax.tree.leaves(params), strict=True
+    ):
+        assert leaf.shape == (2, *p.shape)
+    flat_loss_hessian = _dense_spectrum(loss_fn, params)
+    flat = jax.vmap(lambda t: ravel_pytree(t)[0])(out.eigenvectors)
+    hessian = (
+        flat_loss_hessian[1] @ np.diag(flat_loss_hessian[0]) @ flat_loss_hessian[1].T
+    )
+    for v, lam in zip(flat, out.eigenvalues, strict=True):
+        np.testing.assert_allclose(np.linalg.norm(v), 1.0, rtol=1e-12)
+        np.testing.assert_allclose(hessian @ v, lam * v, atol=1e-9)
+
+
+def test_repeated_eigenvalues_survive_a_lanczos_breakdown():
+    # H = diag(5, 5, 5, 1, 1, 1, 1, 1): the Krylov space of any start vector
+    # has dimension 2, so the iteration breaks down and must restart to find
+    # the multiplicity.
+    scales = jnp.array([5.0, 5.0, 5.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    loss_fn = lambda w: 0.5 * jnp.sum(scales * w**2)  # noqa: E731
+    out = floodax.hessian_eigenvalues(loss_fn, jnp.ones(8), k=4, num_iterations=8)
+    np.testing.assert_allclose(out.eigenvalues, [5.0, 5.0, 5.0, 1.0], rtol=1e-10)
+    low = floodax.hessian_eigenvalues(
+        loss_fn, jnp.ones(8), k=5, which="smallest", num_iterations=8
+    )
+    np.testing.assert_allclose(low.eigenvalues, np.ones(5), rtol=1e-10)
+
+
+def test_jit_compatible(mlp):
+    params, x, y = mlp
+    eager = floodax.hessian_eigenvalues(mlp_loss, params, x, y, k=2)
+    jitted = jax.jit(
+        lambda p, x, y: floodax.hessian_eigenvalues(mlp_loss, p, x, y, k=2)
+    )(params, x, y)
+    np.testing.assert_allclose(jitted.eigenvalues, eager.eigenvalues, rtol=1e-10)
+
+
+def test_bad_input():
+    loss_fn = lambda w: jnp.sum(w**2)  # noqa: E731
+    with pytest.raises(
+        ValueError,
+        match=r"`k` \(4\) must be at most the number of "
+        r"parameters \(3\)",
+    ):
+        floodax.hessian_eigenvalues(loss_fn, jnp.ones(3), k=4)
+    with pytest.raises(ValueError, match="`loss_fn` must return a scalar"):
+        floodax.hessian_eigenvalues(lambda w: w**2, jnp.ones(3))
+    with pytest.raises(ValueError, match="`loss_fn` must return a scalar"):
+        floodax.grad_norm(lambda w: w**2, jnp.ones(3))
+    with pytest.raises(ValueError, match="`loss_fn` must return a scalar"):
+        floodax.loss_landscape(lambda w: w, jnp.ones(3))
+    with pytest.raises(ValueError, match="`which` must be one of"):
+        floodax.hessian_eigenvalues(loss_fn, jnp.ones(3), which="top")
+    with pytest.raises(ValueError, match="`num_iterations` must be an integer >= 2"):
+        floodax.hessian_eigenvalues(loss_fn, jnp.ones(3), k=2, num_iterations=1)
+    with pytest.raises(ValueError, match=r"`num_iterations` .* at most the number"):
+        floodax.hessian_eigenvalues(loss_fn, jnp.ones(3), num_iterations=4)
+    with pytest.raises(ValueError, match="`directions` must be 1 or 2"):
+        floodax.loss_landscape(loss_fn, jnp.ones(3), directions=3)
+    with pytest.raises(ValueError, match="`radius` must lie in"):
+        floodax.loss_landscape(loss_fn, jnp.ones(3), radius=0.0)
+    with pytest.raises(ValueError, match="`num_points` must be an integer >= 2"):
+        floodax.loss_landscape(loss_fn, jnp.ones(3), num_points=1)
+
+
+def test_grad_norm_is_the_global_norm_and_finite_in_float16(mlp):
+    params, x, y = mlp
+    expected = jnp.linalg.norm(ravel_pytree(jax.grad(mlp_loss)(params, x, y))[0])
+    np.testing.assert_allclose(
+        floodax.grad_norm(mlp_loss, params, x, y), expected, rtol=1e-14
+    )
+    w = jnp.full(16, 30.0, jnp.float16)  # gradient 60 per entry, norm 240·... > 256
+    norm = floodax.grad_norm(lambda v: jnp.sum(v.astype(jnp.float32) ** 2) * 10, w)
+    assert norm.dtype == jnp.float32
+    np.testing.assert_allclose(norm, 600.0 * 4.0, rtol=1e-3)
+
+
+def test_filter_normalised_directions(mlp):
+    params, _, _ = mlp
+    d = floodax.filter_normalized_direction(jax.random.key(3), params)
+    # Kernels: every output unit's column has the parameters' column norm.
+    np.testing.assert_allclose(
+        jnp.linalg.norm(d["w1"], axis=0),
+        jnp.linalg.norm(params["w1"], axis=0),
+        rtol=1e-9,
+    )
+    # Vectors (biases, the output weights here) get no direction.
+    np.testing.assert_array_equal(d["b1"], 0.0)
+    np.testing.assert_array_equal(d["w2"], 0.0)
+
+
+@pytest.mark.parametrize("directions", [1, 2])
+def test_landscape_is_the_loss_along_the_directions(mlp, directions):
+    params, x, y = mlp
+    land = floodax.loss_landscape(
+        mlp_loss,
+        params,
+        x,
+        y,
+        directions=directions,
+        radius=0.5,
+        num_points=5,
+        key=jax.random.key(1),
+        batch_size=3,
+    )
+    np.testing.assert_allclose(land.alphas, np.linspace(-0.5, 0.5, 5))
+    origin = land.losses[2] if directions == 1 else land.losses[2, 2]
+    np.testing.assert_allclose(origin, mlp_loss(params, x, y), rtol=1e-14)
+    dirs = (land.directions,) if directions == 1 else land.directions
+    for index in ((0,), (4,)) if directions == 1 else ((0, 3), (4, 1)):
+        coefficients = [land.alphas[i] for i in index]
+        moved = jax.tree.map(
+            lambda p, *ds, cs=coefficients: (
+                p + sum(c * d for c, d in zip(cs, ds, strict=True))
+            ),
+            params,
+            *dirs,
+        )
+        np.testing.assert_allclose(
+            land.losses[index], mlp_loss(moved, x, y), rtol=1e-12
+        )
+    if directions == 2:
+        assert land.losses.shape == (5, 5)
+        flat = [ravel_pytree(d)[0] for d in dirs]
+        assert abs(float(flat[0] @ flat[1])) < float(flat[0] @ flat[0])  # distinct
