@@ -140,6 +140,13 @@ def _add_demo(commands) -> None:
         help="train the levels together under jax.vmap or one after another; "
         "auto: vmap on a GPU/TPU, sequential on a CPU",
     )
+    demo.add_argument(
+        "--study",
+        choices=("flatness", "noise", "derivation", "second_descent"),
+        default=None,
+        help="instead of the demo, a short version (a few minutes) of one study of "
+        "flooding's mechanism; benchmarks/study.py runs the full ones",
+    )
     demo.add_argument("--seed", type=int, default=0, help="data, model and shuffling")
     demo.add_argument("--out", default="floodax-demo", help="output folder")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -172,12 +179,23 @@ def _run_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error(message)
     try:
         from floodax.experiments.demo import DemoConfig, run_demo
+        from floodax.experiments.studies import run_study
     except ImportError as error:
         parser.exit(
             2,
             f"floodax demo needs the demo extra ({error.name} is missing): "
             "pip install 'floodax[demo]'\n",
         )
+    if args.study is not None:
+        print(
+            f"floodax demo --study {args.study}: a short version of the study "
+            "(benchmarks/study.py runs the full one over five seeds)"
+        )
+        _, table, png = run_study(
+            args.study, out=args.out, progress=not args.no_progress
+        )
+        print(f"\n{table}\n\nwrote {png}")
+        return 0
     config = DemoConfig(
         dataset=args.dataset,
         label_noise=args.label_noise,

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 INITS = ("pytorch", "flax")
-BATCH_NORMS = ("pytorch", "flax")
+BATCH_NORMS = ("pytorch", "flax", "none")
+ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 
 
 class PyTorchBatchNorm(nnx.Module):
@@ -129,7 +130,12 @@ class MLP(nnx.Module):
         :class:`PyTorchBatchNorm`, momentum 0.1 and unbiased running
         variance; ``"flax"``: ``nnx.BatchNorm`` with its defaults (momentum
         0.99, biased running variance), whose running statistics lag far
-        behind on full-batch training.
+        behind on full-batch training; ``"none"``: no normalisation (the
+        hidden linear layers then have biases).
+      activation: ``"relu"`` (the paper's) or ``"tanh"``: with
+        ``batch_norm="none"`` a smooth network, on which second-order
+        expansions of the loss hold (a ReLU network's loss is only piecewise
+        quadratic).
       rngs: ``nnx.Rngs`` for the initialisation.
 
     Examples:
@@ -150,6 +156,7 @@ class MLP(nnx.Module):
         depth: int = 4,
         init: str = "pytorch",
         batch_norm: str = "pytorch",
+        activation: str = "relu",
         rngs: nnx.Rngs,
     ):
         if width < 1 or depth < 1:
@@ -160,6 +167,11 @@ class MLP(nnx.Module):
             raise ValueError(
                 f"`batch_norm` must be one of {BATCH_NORMS}, got {batch_norm!r}."
             )
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"`activation` must be one of {tuple(ACTIVATIONS)}, got {activation!r}."
+            )
+        self.activation = activation
         sizes = [in_features] + [width] * depth
 
         def linear(a: int, b: int, use_bias: bool) -> nnx.Linear:
@@ -175,18 +187,24 @@ class MLP(nnx.Module):
                 rngs=rngs,
             )
 
-        def norm() -> nnx.Module:
+        def norm() -> Any:
             if batch_norm == "flax":
                 return nnx.BatchNorm(width, rngs=rngs)
+            if batch_norm == "none":
+                return None
             return PyTorchBatchNorm(width)
 
+        # Without normalisation the hidden layers need their biases back.
+        bias = batch_norm == "none"
         self.linears = nnx.List(
-            [linear(a, b, use_bias=False) for a, b in itertools.pairwise(sizes)]
+            [linear(a, b, use_bias=bias) for a, b in itertools.pairwise(sizes)]
         )
         self.norms = nnx.List([norm() for _ in range(depth)])
         self.out = linear(width, num_classes, use_bias=True)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        activation = ACTIVATIONS[self.activation]
         for linear, norm in zip(self.linears, self.norms, strict=True):
-            x = jax.nn.relu(norm(linear(x)))
+            h = linear(x)
+            x = activation(h if norm is None else norm(h))
         return self.out(x)

@@ -160,6 +160,8 @@ class TrainResult(NamedTuple):
         mean share of examples flooded below their level).
       test_loss, test_accuracy: on the clean test split after the last
         epoch.
+      probes: ``(epoch, values)`` for every call of :func:`train`'s ``probe``
+        (epochs counted from 1), empty without one.
     """
 
     model: nnx.Module
@@ -169,6 +171,7 @@ class TrainResult(NamedTuple):
     ascent_share: float
     test_loss: float
     test_accuracy: float
+    probes: list
 
 
 class SweepResult(NamedTuple):
@@ -480,6 +483,8 @@ def train(
     flood_level: float = 0.0,
     aux_losses: np.ndarray | None = None,
     test_every: int = 1,
+    probe: Callable[[nnx.Module], dict] | None = None,
+    probe_every: int = 10,
     progress: bool = True,
 ) -> TrainResult:
     """Trains ``model`` on ``dataset`` with flooding at ``flood_level``.
@@ -509,6 +514,12 @@ def train(
       aux_losses: AdaFlood's held-out losses of the training examples
         (:func:`heldout_losses`); only with ``method="adaflood"``.
       test_every: evaluate the test split every this many epochs.
+      probe: optional ``probe(model) -> dict`` of numbers, called on a copy of
+        the model (training mode) before the first epoch and every
+        ``probe_every`` epochs and after the last, outside the compiled
+        epoch, so it never changes the run: a hook for diagnostics such as
+        :func:`floodax.hessian_eigenvalues` along training.
+      probe_every: epochs between probes.
       progress: show a progress bar.
 
     Returns:
@@ -516,12 +527,23 @@ def train(
     """
     _check_levels(np.asarray([flood_level], np.float64), config, aux_losses)
     check_int("test_every", test_every, minimum=1)
+    check_int("probe_every", probe_every, minimum=1)
     runner = _Runner(nnx.clone(model), dataset, config, aux_losses)
     epoch_fn, initial, evaluate = _compiled(runner, batched=False)
     carry = initial(runner.init_state, jnp.asarray(flood_level, jnp.float32))
     nan = np.float32(np.nan)
+    probes = []
+
+    def probed(epoch: int, state: Any) -> None:
+        model, _ = nnx.merge(runner.graphdef, jax.tree.map(jnp.copy, state))
+        probes.append((epoch, probe(model)))
+
+    if probe is not None:
+        probed(0, carry[0])
 
     def test_metrics(epoch: int, state: Any, last: bool) -> dict:
+        if probe is not None and (last or (epoch + 1) % probe_every == 0):
+            probed(epoch + 1, state)
         if last or (epoch + 1) % test_every == 0:
             loss, acc = evaluate(state, *runner.test)
             return {"test_loss": loss, "test_accuracy": acc}
@@ -541,6 +563,7 @@ def train(
         float(run.ascents) / max(int(run.steps), 1),
         float(history.test_loss[-1]),
         float(history.test_accuracy[-1]),
+        probes,
     )
 
 
