@@ -20,6 +20,7 @@ from floodax._flooding import flooded as flooded
 from floodax._flooding import iflooded as iflooded
 from floodax._penalty import add_grad_norm_penalty as add_grad_norm_penalty
 from floodax._penalty import grad_norm_penalty as grad_norm_penalty
+from floodax._stats import flood_stats as flood_stats
 from floodax._suggest import FloodLevelSuggestion as FloodLevelSuggestion
 from floodax._suggest import suggest_flood_level as suggest_flood_level
 from floodax._theory import EquivalenceReport as EquivalenceReport
@@ -35,7 +36,7 @@ from floodax._theory import flow_order as flow_order
 from floodax._theory import flow_penalty as flow_penalty
 from floodax._theory import implicit_penalty as implicit_penalty
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AlternateState",
@@ -57,6 +58,7 @@ __all__ = [
     "equivalent_penalty",
     "filter_normalized_direction",
     "flood",
+    "flood_stats",
     "flooded",
     "flooding_penalty_rate",
     "flow_order",

@@ -11,6 +11,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="floodax",
         description="floodax: flooding, alternating steps and gradient-norm penalties.",
     )
+    from floodax import __version__
+
+    parser.add_argument("--version", action="version", version=f"floodax {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(commands)
     verify = commands.add_parser(

@@ -94,10 +94,10 @@ def hessian_eigenvalues(
       loss_fn: scalar loss, ``loss_fn(params, *args)``.
       params: the point θ, a pytree of floating arrays.
       *args: the batch, passed on to ``loss_fn``.
-      k: how many eigenvalues, ``1 <= k <= ``the number of parameters.
+      k: how many eigenvalues, ``1 <= k <= n`` for ``n`` parameters.
       which: ``"largest"`` or ``"smallest"`` (algebraically).
-      num_iterations: Lanczos steps, ``k <= m <= ``the number of parameters;
-        by default ``min(n, max(2k, 20) + k)``.
+      num_iterations: Lanczos steps ``m``, ``k <= m <= n``; by default
+        ``min(n, max(2k, 20) + k)``.
       return_eigenvectors: also return the Ritz vectors as pytrees.
       key: PRNG key of the starting vector (default ``jax.random.key(0)``).
 

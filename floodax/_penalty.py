@@ -105,10 +105,12 @@ def grad_norm_penalty(
 
     .. math::
 
-      \tilde L(\theta) = L(\theta) + \lambda \|\nabla_\theta L(\theta)\|_2^p,
+      \tilde L(\theta) = L(\theta) + \lambda \|\nabla_\theta L(\theta)\|_2^p
+
+      \nabla \tilde L = \nabla L + 2 \lambda\, H \nabla L \quad (p = 2),
       \qquad
-      \nabla \tilde L = \nabla L + 2 \lambda\, H \nabla L \ (p = 2), \quad
-      \nabla L + \lambda\, H \frac{\nabla L}{\|\nabla L\|} \ (p = 1)
+      \nabla \tilde L = \nabla L + \lambda\, H \frac{\nabla L}{\|\nabla L\|}
+      \quad (p = 1)
 
     where the norm is global over the whole pytree at ``argnums``. The
     returned function has the signature of ``loss_fn``; ``jax.grad`` of it is

@@ -650,23 +650,31 @@ def test_adaflood_arguments_are_checked():
         heldout_losses(model, data, TrainConfig(epochs=1), num_folds=40)
 
 
+_COUNTERS: list = []
+
+
+def _count_compiles(event, duration, **kwargs):
+    del duration
+    if _COUNTERS and event == "/jax/core/compile/backend_compile_duration":
+        _COUNTERS[-1][kwargs.get("fun_name")] += 1
+
+
+@pytest.fixture(scope="session")
+def _compile_listener():
+    # One listener for the session: jax before 0.8.1 cannot unregister one.
+    from jax import monitoring
+
+    monitoring.register_event_duration_secs_listener(_count_compiles)
+
+
 @pytest.fixture
-def compile_counts():
+def compile_counts(_compile_listener):
     """Counts XLA compilations per jitted function name while a test runs."""
     import collections
 
-    from jax import monitoring
-
-    counts = collections.Counter()
-
-    def listener(event, duration, **kwargs):
-        del duration
-        if event == "/jax/core/compile/backend_compile_duration":
-            counts[kwargs.get("fun_name")] += 1
-
-    monitoring.register_event_duration_secs_listener(listener)
-    yield counts
-    monitoring.unregister_event_duration_listener(listener)
+    _COUNTERS.append(collections.Counter())
+    yield _COUNTERS[-1]
+    _COUNTERS.pop()
 
 
 @pytest.mark.parametrize("run", ["train", "vmapped", "sequential"])

@@ -140,13 +140,10 @@ def make_synthetic(
 ) -> Dataset:
     """One of the paper's synthetic datasets, as the authors' code makes it.
 
-    =============  ========================  ======================
-    dataset        train / validation / test  classes
-    =============  ========================  ======================
-    sinusoid2d     100 / 100 / 20,000        as they fall
-    gaussians      200 / 200 / 20,000        half each (dimension 10)
-    spiral         200 / 200 / 20,000        half each
-    =============  ========================  ======================
+    * ``sinusoid2d``: 100 training, 100 validation and 20,000 test points,
+      the classes as they fall;
+    * ``gaussians`` (dimension 10) and ``spiral``: 200, 200 and 20,000 points,
+      half of each class (the authors give the sizes per class).
 
     Sinusoid2d draws points uniformly in the disc of radius 2 and labels them
     ``sign(1.5·x₀ + sin(1.5·x₁))``; Two Gaussians places class 0 around the
@@ -166,7 +163,7 @@ def make_synthetic(
       seed: everything (points, label noise) follows from it.
       label_noise: fraction of training and validation labels flipped.
       n_train, n_val, n_test: split sizes, in points (even for the two-class
-        datasets with equal halves); the authors' by default (table above).
+        datasets with equal halves); the authors' by default (listed above).
       mean_distance: Two Gaussians: the second class's mean is
         ``mean_distance·(1, …, 1)`` (the authors' ``negative_gaussian_mean``).
       dimension: Two Gaussians' dimension (the authors': 10).

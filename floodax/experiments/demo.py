@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+import floodax
 from floodax.experiments.datasets import Dataset, load_dataset
 from floodax.experiments.models import MLP
 from floodax.experiments.training import (
@@ -369,6 +370,14 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             f"{max(differences):.2g}, though they should be bit for bit equal"
         )
     print(f"\n{replay_note}")
+    if chosen != 0:
+        stats = floodax.flood_stats(flooded.optimizer_state)
+        print(
+            "floodax.flood_stats(optimizer state) of the flooded run: "
+            f"{int(stats['ascent_count'])} of {int(stats['count'])} steps ascended "
+            f"({float(stats['ascent_share']):.1%}) at flood level "
+            f"{float(stats['flood_level']):g}"
+        )
     notes = warnings_for(sweep, data.num_classes, len(levels))
     for note in notes:
         print(f"note: {note}")

@@ -70,9 +70,11 @@ def _sharpness_probe(data: Dataset, iterations: int):
 
 def _each(items: Sequence[Any], desc: str, progress: bool):
     """``items`` with a progress bar (these runs take minutes)."""
+    if not progress:
+        return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, disable=not progress, leave=False)
+    return tqdm(items, desc=desc, leave=False)
 
 
 def _model(data: Dataset, width: int, seed: int) -> MLP:

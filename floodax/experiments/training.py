@@ -162,6 +162,8 @@ class TrainResult(NamedTuple):
         epoch.
       probes: ``(epoch, values)`` for every call of :func:`train`'s ``probe``
         (epochs counted from 1), empty without one.
+      optimizer_state: the final optax state (arrays), e.g. for
+        :func:`floodax.flood_stats`.
     """
 
     model: nnx.Module
@@ -172,6 +174,7 @@ class TrainResult(NamedTuple):
     test_loss: float
     test_accuracy: float
     probes: list
+    optimizer_state: Any
 
 
 class SweepResult(NamedTuple):
@@ -383,9 +386,11 @@ class _Runner:
 
 
 def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:  # tqdm.auto warns in notebooks without ipywidgets
+        return range(total)
     from tqdm.auto import tqdm
 
-    return tqdm(range(total), desc=desc, disable=not enabled, leave=False)
+    return tqdm(range(total), desc=desc, leave=False)
 
 
 def _history(records: list[dict], axis: int) -> History:
@@ -552,9 +557,14 @@ def train(
     (state, run), records = _run_epochs(
         runner, epoch_fn, carry, f"b={flood_level:g}", progress, test_metrics
     )
-    trained, _ = nnx.merge(runner.graphdef, state)
+    trained, optimizer = nnx.merge(runner.graphdef, state)
     trained.eval()
     history = _history(records, 0)
+    optimizer_state = jax.tree.map(
+        lambda v: v[...],
+        optimizer.opt_state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
     return TrainResult(
         trained,
         history,
@@ -564,6 +574,7 @@ def train(
         float(history.test_loss[-1]),
         float(history.test_accuracy[-1]),
         probes,
+        optimizer_state,
     )
 
 
