@@ -8,6 +8,7 @@ steps: every configuration computes exactly the same forward pass.
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import jax
@@ -71,4 +72,31 @@ def cnn_problem(batch_size: int = 128) -> Problem:
     ]
     return Problem(
         f"CNN on 8×8 digits, mini-batches of {batch_size}", params, losses, batches
+    )
+
+
+def wide_mlp_problem(width: int, batch: int = 256, depth: int = 4) -> Problem:
+    """A plain ReLU MLP 784-W×depth-10 (no batch norm) on a random
+    MNIST-shaped batch: where the cost of the exact penalty's routes grows
+    with the width."""
+    key = jax.random.key(0)
+    keys = jax.random.split(key, depth + 3)
+    sizes = [784] + [width] * depth + [10]
+    params = {
+        f"w{i}": jax.random.normal(keys[i], (a, b)) * (2.0 / a) ** 0.5
+        for i, (a, b) in enumerate(itertools.pairwise(sizes))
+    }
+    params.update({f"b{i}": jnp.zeros(b) for i, b in enumerate(sizes[1:])})
+    x = jax.random.normal(keys[-2], (batch, 784))
+    y = jax.random.randint(keys[-1], (batch,), 0, 10)
+
+    def example_losses(params, x, y):
+        h = x
+        for i in range(depth):
+            h = jax.nn.relu(h @ params[f"w{i}"] + params[f"b{i}"])
+        logits = h @ params[f"w{depth}"] + params[f"b{depth}"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+    return Problem(
+        f"MLP 784-{width}×{depth}-10, batch {batch}", params, example_losses, [(x, y)]
     )

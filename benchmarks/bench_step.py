@@ -1,26 +1,33 @@
 """Time per jit-compiled training step: each floodax form against plain optax.
 
-For each model, every configuration's step is compiled and warmed up, then
-the configurations run interleaved (A B C … A B C …, the order rotated each
-round) for --rounds rounds of --steps steps each. Reported: the median time
-per step and, per configuration, the median and interquartile range of its
-ratio to plain optax measured in the same round. Memory: XLA's compiled
-temporary-buffer size per step (deterministic; on a GPU, the step's device
-memory beyond parameters and inputs) relative to plain, and the peak RSS of
-a fresh process running only plain, exact or finite-difference steps.
+Models: the paper's MLP (4 × 500, batch norm) on Sinusoid2d's 100 points;
+plain ReLU MLPs 784-W×4-10 on a batch of 256 for W = 128, 512, 1024, 2048;
+a small CNN on 8×8 digits. Configurations: plain Adam; flooding in its three
+forms; alternating steps; the finite-difference penalty; the exact penalty by
+each Hessian-vector-product route (``add_grad_norm_penalty(hvp=...)``:
+reverse-over-forward, the default; forward-over-reverse; reverse-over-reverse;
+and ``jax.linearize`` of the gradient, measured inline); and double
+backpropagation through ``grad_norm_penalty``.
 
-Run:  python benchmarks/bench_step.py [--rounds 15] [--steps 20]
-Writes benchmarks/results/bench_step_<platform>.json.
+Every configuration's step is compiled and warmed up, then the configurations
+run interleaved (the order rotated each round) for --rounds rounds of
+--steps steps. Reported per configuration: the median time per step, the
+median and IQR of its ratio to plain measured in the same round, for exact
+routes the ratio to the cheapest exact route of the same round, XLA's own
+flop count relative to plain (``compiled.cost_analysis()``), the compiled
+temporary memory relative to plain, and the number of transpose and copy
+instructions in the optimised HLO.
+
+Run:  python benchmarks/bench_step.py [--rounds 12] [--steps 10]
+Writes benchmarks/results/bench_step_<platform>.{md,json}.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import resource
+import re
 import shlex
-import subprocess
 import sys
 import time
 
@@ -30,20 +37,24 @@ import numpy as np
 import optax
 from _machine import describe
 from _machine import parser as make_parser
-from _models import cnn_problem, mlp_problem
+from _models import cnn_problem, mlp_problem, wide_mlp_problem
 
 import floodax
 
 LR, FLOOD, RATE1, RATE2, STRENGTH = 1e-3, 0.1, 1e-3, 1e-4, 0.01
-TARGETS = {
-    "flooded": 1.02,
-    "flood": 1.02,
-    "iflooded": 1.02,
-    "alternate": 1.02,
-    "penalty_finite_difference": 2.1,
-    "penalty_exact": 3.0,
-    "grad_of_grad_norm_penalty": None,
-}
+EXACT = (
+    "exact: reverse-over-forward (default)",
+    "exact: forward-over-reverse",
+    "exact: reverse-over-reverse",
+    "exact: jax.linearize",
+)
+ROUTES = dict(
+    zip(
+        EXACT[:3],
+        ("reverse_over_forward", "forward_over_reverse", "reverse_over_reverse"),
+        strict=True,
+    )
+)
 
 
 def configurations(example_losses):
@@ -72,7 +83,13 @@ def configurations(example_losses):
     def value_fn_grads(p, x, y):
         return jax.grad(mean_loss)(p, x, y), {"value_fn": lambda q: mean_loss(q, x, y)}
 
-    return {
+    def linearize_grads(p, x, y):
+        # g + 2λ·H·g with H·g from jax.linearize of the gradient.
+        g, hvp = jax.linearize(jax.grad(lambda q: mean_loss(q, x, y)), p)
+        hg = hvp(g)
+        return jax.tree.map(lambda a, b: a + 2 * STRENGTH * b, g, hg), {}
+
+    configs = {
         "plain": with_grads(adam, plain_grads),
         "flooded": with_grads(
             adam,
@@ -93,41 +110,52 @@ def configurations(example_losses):
             optax.chain(optax.scale_by_adam(), floodax.alternate(RATE1, RATE2)),
             plain_grads,
         ),
-        "penalty_exact": with_grads(
-            optax.chain(floodax.add_grad_norm_penalty(STRENGTH), adam), value_fn_grads
-        ),
-        "penalty_finite_difference": with_grads(
+        "finite difference": with_grads(
             optax.chain(
                 floodax.add_grad_norm_penalty(STRENGTH, method="finite_difference"),
                 adam,
             ),
             value_fn_grads,
         ),
-        "grad_of_grad_norm_penalty": with_grads(
-            adam,
-            lambda p, x, y: (
-                jax.grad(floodax.grad_norm_penalty(mean_loss, STRENGTH))(p, x, y),
-                {},
-            ),
-        ),
     }
+    for name, route in ROUTES.items():
+        configs[name] = with_grads(
+            optax.chain(floodax.add_grad_norm_penalty(STRENGTH, hvp=route), adam),
+            value_fn_grads,
+        )
+    configs["exact: jax.linearize"] = with_grads(adam, linearize_grads)
+    configs["double backprop (grad_norm_penalty)"] = with_grads(
+        adam,
+        lambda p, x, y: (
+            jax.grad(floodax.grad_norm_penalty(mean_loss, STRENGTH))(p, x, y),
+            {},
+        ),
+    )
+    return configs
 
 
-def _temp_bytes(compiled) -> float | None:
-    analysis = compiled.memory_analysis()
-    return None if analysis is None else float(analysis.temp_size_in_bytes)
+def _analysis(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    memory = compiled.memory_analysis()
+    hlo = compiled.as_text()
+    return {
+        "flops": float(cost.get("flops", float("nan"))) if cost else float("nan"),
+        "temp_bytes": None if memory is None else float(memory.temp_size_in_bytes),
+        "transposes": len(re.findall(r"= \S+ transpose\(", hlo)),
+        "copies": len(re.findall(r"= \S+ copy\(", hlo)),
+    }
 
 
 def bench_problem(problem, rounds: int, steps: int) -> dict:
     configs = configurations(problem.example_losses)
     names = list(configs)
-    compiled, states, temp = {}, {}, {}
+    compiled, states, info = {}, {}, {}
     x0, y0 = problem.batches[0]
     for name, (tx, body) in configs.items():
         state = tx.init(problem.params)
-        fn = jax.jit(body)
-        exe = fn.lower(problem.params, state, x0, y0).compile()
-        temp[name] = _temp_bytes(exe)
+        exe = jax.jit(body).lower(problem.params, state, x0, y0).compile()
+        info[name] = _analysis(exe)
         compiled[name] = exe
         params = problem.params
         for x, y in problem.batches[:3]:  # warm-up
@@ -150,22 +178,26 @@ def bench_problem(problem, rounds: int, steps: int) -> dict:
             states[name] = (params, state)
 
     plain = np.array(times["plain"])
+    cheapest = np.min([times[n] for n in EXACT], axis=0)
     result = {}
     for name in names:
         t = np.array(times[name])
         ratios = t / plain
+        exact = name in EXACT
         result[name] = {
             "median_step_ms": 1e3 * float(np.median(t)),
             "ratio_median": float(np.median(ratios)),
             "ratio_q25": float(np.percentile(ratios, 25)),
             "ratio_q75": float(np.percentile(ratios, 75)),
+            "to_cheapest_exact": float(np.median(t / cheapest)) if exact else None,
+            "flop_ratio": info[name]["flops"] / info["plain"]["flops"],
             "temp_memory_ratio": (
                 None
-                if temp[name] is None or not temp["plain"]
-                else temp[name] / temp["plain"]
+                if not info[name]["temp_bytes"] or not info["plain"]["temp_bytes"]
+                else info[name]["temp_bytes"] / info["plain"]["temp_bytes"]
             ),
-            "temp_memory_mib": None if temp[name] is None else temp[name] / 2**20,
-            "target": TARGETS.get(name),
+            "transposes": info[name]["transposes"],
+            "copies": info[name]["copies"],
         }
     return result
 
@@ -174,17 +206,15 @@ def format_results(problem_name: str, result: dict) -> str:
     lines = [
         f"### {problem_name}",
         "",
-        "| configuration | median step (ms) | ratio to plain (median [IQR]) | target "
-        "| compiled temp memory vs plain |",
-        "|---|---|---|---|---|",
+        "| configuration | median step (ms) | ratio to plain (median [IQR]) | to the "
+        "cheapest exact route | XLA flops vs plain | temp memory vs plain | HLO "
+        "transposes / copies |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in result.items():
-        target = r["target"]
-        verdict = ""
-        if target is not None:
-            verdict = f"≤ {target}× " + (
-                "met" if r["ratio_median"] <= target else "**missed**"
-            )
+        cheapest = (
+            "" if r["to_cheapest_exact"] is None else f"{r['to_cheapest_exact']:.3f}"
+        )
         mem = (
             "n/a"
             if r["temp_memory_ratio"] is None
@@ -192,74 +222,41 @@ def format_results(problem_name: str, result: dict) -> str:
         )
         lines.append(
             f"| {name} | {r['median_step_ms']:.3f} | {r['ratio_median']:.3f} "
-            f"[{r['ratio_q25']:.3f}, {r['ratio_q75']:.3f}] | {verdict} | {mem} |"
+            f"[{r['ratio_q25']:.3f}, {r['ratio_q75']:.3f}] | {cheapest} | "
+            f"{r['flop_ratio']:.2f}× | {mem} | {r['transposes']} / {r['copies']} |"
         )
+    default = result[EXACT[0]]
+    lines.append("")
+    lines.append(
+        f"The default route is {default['to_cheapest_exact']:.3f}× the cheapest exact "
+        f"route here, and its time ratio ({default['ratio_median']:.2f}) is "
+        f"{default['ratio_median'] / default['flop_ratio']:.2f}× XLA's flop ratio "
+        f"({default['flop_ratio']:.2f})."
+    )
     return "\n".join(lines)
-
-
-RSS_CONFIGS = ("plain", "penalty_exact", "penalty_finite_difference")
-
-
-def _rss_child(problem_index: int, name: str, width: int) -> None:
-    """Runs one configuration alone and prints this process's peak RSS (KiB)."""
-    problem = mlp_problem(width) if problem_index == 0 else cnn_problem()
-    tx, body = configurations(problem.example_losses)[name]
-    step = jax.jit(body)
-    params, state = problem.params, tx.init(problem.params)
-    for i in range(20):
-        x, y = problem.batches[i % len(problem.batches)]
-        params, state = step(params, state, x, y)
-    jax.block_until_ready(params)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-
-
-def peak_rss(problem_index: int, width: int) -> dict:
-    """Peak RSS of a fresh process per configuration, relative to plain."""
-    rss = {}
-    for name in RSS_CONFIGS:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--rss-child",
-                f"{problem_index}:{name}",
-                "--width",
-                str(width),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        rss[name] = int(out.stdout.strip().splitlines()[-1])
-    return {
-        n: {"peak_rss_mib": v / 1024, "ratio": v / rss["plain"]} for n, v in rss.items()
-    }
 
 
 def main() -> None:
     parser = make_parser(__doc__, rounds=True)
-    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--widths",
+        type=int,
+        nargs="+",
+        default=[128, 512, 1024, 2048],
+        help="hidden widths of the 784-W×4-10 MLPs",
+    )
+    parser.set_defaults(rounds=12, steps=10)
     args = parser.parse_args()
-    if args.rss_child:
-        index, name = args.rss_child.split(":")
-        _rss_child(int(index), name, args.width)
-        return
-    problems = [mlp_problem(args.width), cnn_problem()]
+    problems = [mlp_problem(args.width)]
+    problems += [wide_mlp_problem(w) for w in args.widths]
+    problems.append(cnn_problem())
     command = "python benchmarks/bench_step.py " + shlex.join(sys.argv[1:])
     output = {"command": command.strip(), "machine": describe(), "problems": {}}
     texts = []
-    for index, problem in enumerate(problems):
+    for problem in problems:
         result = bench_problem(problem, args.rounds, args.steps)
-        rss = peak_rss(index, args.width)
-        output["problems"][problem.name] = {"steps": result, "peak_rss": rss}
-        texts.append(
-            format_results(problem.name, result)
-            + "\n\nPeak RSS of a process running only that step: "
-            + ", ".join(
-                f"{n} {v['peak_rss_mib']:.0f} MiB ({v['ratio']:.2f}×)"
-                for n, v in rss.items()
-            )
-        )
+        output["problems"][problem.name] = result
+        texts.append(format_results(problem.name, result))
         print(texts[-1], "\n", flush=True)
     os.makedirs(args.out, exist_ok=True)
     platform = jax.devices()[0].platform

@@ -1,32 +1,36 @@
-"""The 51-level flood sweep as one vmapped run against 51 sequential runs.
+"""The flood-level sweep: vmapped against sequential, with and without
+donating the epoch's input buffers; time and minor page faults.
 
-Three ways to train every level of the paper's grid {0, 0.01, …, 0.50}:
+Strategies, each over every level of the grid:
 
-* ``vmapped``: ``floodax.experiments.sweep_flood_levels``, one compiled
-  program training all levels at once;
-* ``sequential, one program``: ``sweep_flood_levels(..., vectorized=False)``,
-  the same compiled epoch reused for each level in turn (the flood level
-  lives in the optimizer state, so it never recompiles);
-* ``sequential, train()``: ``floodax.experiments.train`` called per level,
-  compiling each time, as a user looping over levels would.
+* ``vmapped``: all levels at once under ``jax.vmap`` (what an accelerator
+  wants; ``vectorized=True``);
+* ``sequential``: one level after another through one compiled epoch
+  (``vectorized=False``, the default on a CPU);
 
-Wall time of each, for the paper's synthetic setting (Sinusoid2d, MLP 4×500,
-full batch) and an MLP on scikit-learn's digits; the ratio sequential /
-vmapped is the sweep's speed-up.
+each with the epoch donating its input state (floodax's default since 0.2:
+the next state reuses the buffers) and without (0.1's code). Reported: wall
+time (compilation included) and time and minor page faults per level-epoch
+(the process's ``ru_minflt`` over the run, divided by levels × epochs),
+medians of ``--repeats`` interleaved repetitions.
 
-Run:  python benchmarks/bench_sweep.py [--epochs 50]
-Writes benchmarks/results/bench_sweep_<platform>.json.
+Run:  python benchmarks/bench_sweep.py [--epochs 50] [--repeats 3]
+Writes benchmarks/results/bench_sweep_<platform>.{md,json}.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import resource
 import shlex
 import sys
 import time
+from unittest import mock
 
 import jax
+import numpy as np
 from _machine import describe
 from _machine import parser as make_parser
 from flax import nnx
@@ -38,22 +42,42 @@ from floodax.experiments import (
     load_digits_dataset,
     make_synthetic,
     sweep_flood_levels,
-    train,
+    training,
 )
 
+STRATEGIES = {
+    "vmapped, donated": (True, True),
+    "vmapped, not donated (0.1)": (True, False),
+    "sequential, donated (default on CPU)": (False, True),
+    "sequential, not donated (0.1's sequential)": (False, False),
+}
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+
+def measure(model, data, config, levels, vectorized: bool, donate: bool) -> dict:
+    compiled = functools.partial(training._compiled, donate=donate)
+    with mock.patch.object(training, "_compiled", compiled):
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        sweep_flood_levels(
+            model, data, config, levels, vectorized=vectorized, progress=False
+        )
+        seconds = time.perf_counter() - start
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    level_epochs = len(levels) * config.epochs
+    return {
+        "seconds": seconds,
+        "ms_per_level_epoch": 1e3 * seconds / level_epochs,
+        "faults_per_level_epoch": faults / level_epochs,
+    }
 
 
 def main() -> None:
     parser = make_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     settings = {
-        f"Sinusoid2d, MLP 4×{args.width}, full batch (200)": (
+        f"Sinusoid2d (the authors' 100 points), MLP 4×{args.width}, full batch": (
             make_synthetic("sinusoid2d", seed=0, label_noise=0.1),
             TrainConfig(epochs=args.epochs),
         ),
@@ -65,45 +89,45 @@ def main() -> None:
         ),
     }
     levels = list(PAPER_GRID)
-    results, lines = {}, []
+    results, blocks = {}, []
     for name, (data, config) in settings.items():
         model = MLP(
             data.x_train.shape[1], data.num_classes, width=args.width, rngs=nnx.Rngs(0)
         )
-        t_vmap = _timed(
-            lambda: sweep_flood_levels(model, data, config, levels, progress=False)
-        )
-        t_one = _timed(
-            lambda: sweep_flood_levels(
-                model, data, config, levels, progress=False, vectorized=False
-            )
-        )
-        t_train = _timed(
-            lambda: [
-                train(model, data, config, flood_level=b, progress=False)
-                for b in levels
-            ]
-        )
-        results[name] = {
-            "vmapped_s": t_vmap,
-            "sequential_one_program_s": t_one,
-            "sequential_train_s": t_train,
-            "speedup_vs_one_program": t_one / t_vmap,
-            "speedup_vs_train": t_train / t_vmap,
+        runs = {s: [] for s in STRATEGIES}
+        for r in range(args.repeats):
+            order = list(STRATEGIES)[r % 4 :] + list(STRATEGIES)[: r % 4]
+            for strategy in order:
+                runs[strategy].append(
+                    measure(model, data, config, levels, *STRATEGIES[strategy])
+                )
+        summary = {
+            s: {k: float(np.median([m[k] for m in v])) for k in v[0]}
+            for s, v in runs.items()
         }
-        lines.append(
-            f"| {name} | {t_vmap:.1f} | {t_one:.1f} | {t_train:.1f} | "
-            f"{t_one / t_vmap:.2f}× | {t_train / t_vmap:.2f}× |"
-        )
-        print(lines[-1], flush=True)
+        base = summary["sequential, not donated (0.1's sequential)"]["seconds"]
+        lines = [
+            f"**{name}** ({len(levels)} levels × {args.epochs} epochs)",
+            "",
+            "| strategy | wall time (s) | ms per level-epoch | minor page faults per "
+            "level-epoch | speed vs 0.1's sequential |",
+            "|---|---|---|---|---|",
+        ]
+        for s, m in summary.items():
+            lines.append(
+                f"| {s} | {m['seconds']:.1f} | {m['ms_per_level_epoch']:.2f} | "
+                f"{m['faults_per_level_epoch']:.0f} | {base / m['seconds']:.2f}× |"
+            )
+        results[name] = {"summary": summary, "runs": runs}
+        blocks.append("\n".join(lines))
+        print(blocks[-1], "\n", flush=True)
     command = "python benchmarks/bench_sweep.py " + shlex.join(sys.argv[1:])
-    header = (
+    text = (
         f"Command: `{command.strip()}`  \nMachine: {describe()}  \n"
-        f"{len(levels)} flood levels, {args.epochs} epochs each.\n\n"
-        "| setting | vmapped (s) | sequential, one program (s) | sequential, train() (s) "
-        "| speed-up vs one program | speed-up vs train() |\n|---|---|---|---|---|---|\n"
+        f"Medians of {args.repeats} interleaved repetitions; compilation included.\n\n"
+        + "\n\n".join(blocks)
+        + "\n"
     )
-    text = header + "\n".join(lines) + "\n"
     print(text)
     os.makedirs(args.out, exist_ok=True)
     platform = jax.devices()[0].platform

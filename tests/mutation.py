@@ -45,11 +45,13 @@ TESTS = {
         "tests/test_penalty.py",
         "tests/test_alternate.py",
         "tests/test_theory.py",
+        "tests/test_adaflood.py",
     ],
     "floodax/_schedules.py": ["tests/test_flooding.py", "tests/test_alternate.py"],
     "floodax/_flooding.py": [
         "tests/test_bad_input.py",
         "tests/test_flooding.py",
+        "tests/test_adaflood.py",
         "tests/test_properties.py",
         "tests/test_meta_gradients.py",
         "tests/test_mixed_precision.py",
@@ -60,6 +62,7 @@ TESTS = {
         "tests/test_mixed_precision.py",
         "tests/test_meta_gradients.py",
         "tests/test_properties.py",
+        "tests/test_diagnostics.py",
     ],
     "floodax/_alternate.py": [
         "tests/test_bad_input.py",
@@ -70,6 +73,10 @@ TESTS = {
     ],
     "floodax/_theory.py": ["tests/test_bad_input.py", "tests/test_theory.py"],
     "floodax/_suggest.py": ["tests/test_bad_input.py", "tests/test_suggest.py"],
+    "floodax/_adaflood.py": ["tests/test_adaflood.py", "tests/test_bad_input.py"],
+    "floodax/_accumulation.py": ["tests/test_accumulation.py"],
+    "floodax/_diagnostics.py": ["tests/test_diagnostics.py"],
+    "floodax/_stats.py": ["tests/test_integrations.py"],
 }
 
 # Calls whose function is swapped for another: the same shape, other values.

@@ -409,7 +409,11 @@ def _history(records: list[dict], axis: int) -> History:
 
 
 def _compiled(
-    runner: _Runner, *, batched: bool, data_axis: int | None = None
+    runner: _Runner,
+    *,
+    batched: bool,
+    data_axis: int | None = None,
+    donate: bool = True,
 ) -> tuple[Callable, ...]:
     """Jitted ``(epoch, initial, evaluate)``; vmapped over runs if ``batched``
     (over their data too with ``data_axis=0``: the K-fold auxiliary models).
@@ -423,7 +427,7 @@ def _compiled(
         initial = jax.vmap(initial, in_axes=(None, 0))
         evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
     return (
-        jax.jit(epoch, donate_argnums=0),
+        jax.jit(epoch, donate_argnums=0 if donate else ()),
         jax.jit(initial),
         jax.jit(evaluate),
     )
