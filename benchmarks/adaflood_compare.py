@@ -26,17 +26,13 @@ Writes benchmarks/results/adaflood_compare.{md,json}.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shlex
-import sys
 import time
 
 import numpy as np
-from _machine import describe
+from _machine import RunCache, command, describe, mean_std, write_results
 from _machine import parser as make_parser
 from flax import nnx
-from tqdm import tqdm
 
 from floodax.experiments import (
     MLP,
@@ -91,10 +87,6 @@ def run_one(dataset: str, seed: int, args) -> dict:
     return row
 
 
-def _mean_std(values) -> str:
-    return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f}"
-
-
 def table(rows: list[dict], datasets) -> tuple[str, list[str]]:
     lines = [
         "| dataset | " + " | ".join(METHODS) + " | AdaFlood − flooding (paired) "
@@ -117,7 +109,7 @@ def table(rows: list[dict], datasets) -> tuple[str, list[str]]:
         )
         lines.append(
             f"| {dataset} | "
-            + " | ".join(_mean_std(acc[m]) for m in METHODS)
+            + " | ".join(mean_std(acc[m]) for m in METHODS)
             + f" | {np.mean(diff):+.2f} ± {np.std(diff):.2f} ({wins} of {len(sel)} "
             f"better) | {levels} |"
         )
@@ -125,7 +117,7 @@ def table(rows: list[dict], datasets) -> tuple[str, list[str]]:
         if np.mean(acc[best]) > np.mean(acc["AdaFlood"]):
             notes.append(
                 f"* {dataset}: AdaFlood does not win; {best} has the highest mean "
-                f"({_mean_std(acc[best])} against {_mean_std(acc['AdaFlood'])})."
+                f"({mean_std(acc[best])} against {mean_std(acc['AdaFlood'])})."
             )
         noisy_sel = {
             m: [r[f"{m} (noisy validation)"]["test_accuracy"] for r in sel]
@@ -133,7 +125,7 @@ def table(rows: list[dict], datasets) -> tuple[str, list[str]]:
         }
         notes.append(
             f"* {dataset}, levels chosen on noisy validation labels instead: "
-            + ", ".join(f"{m} {_mean_std(v)}" for m, v in noisy_sel.items())
+            + ", ".join(f"{m} {mean_std(v)}" for m, v in noisy_sel.items())
             + "."
         )
         held = np.array([r["heldout_loss_noisy_vs_clean"] for r in sel])
@@ -154,38 +146,25 @@ def main() -> None:
         "--datasets", nargs="+", default=["sinusoid2d", "spiral", "digits"]
     )
     args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    cache = os.path.join(args.out, "adaflood_runs.jsonl")
-    done = {}
-    if os.path.exists(cache):
-        with open(cache) as f:
-            for line in f:
-                r = json.loads(line)
-                done[(r["dataset"], r["seed"])] = r
-    jobs = [(d, s) for d in args.datasets for s in range(args.seeds)]
+    cache = RunCache(os.path.join(args.out, "adaflood_runs.jsonl"), ("dataset", "seed"))
+    jobs = [{"dataset": d, "seed": s} for d in args.datasets for s in range(args.seeds)]
     print(
         f"{len(jobs)} dataset × seed runs of {2 * len(LEVELS) + len(GAMMAS)} "
-        f"trainings and 5 auxiliary models each ({sum(j not in done for j in jobs)} "
-        "to run); long, about 1.5 hours on 2 CPU cores",
+        f"trainings and 5 auxiliary models each ({cache.missing(jobs)} to run); "
+        "long, about 1.5 hours on 2 CPU cores",
         flush=True,
     )
     start = time.perf_counter()
-    rows = []
-    for dataset, seed in tqdm(jobs, desc="dataset × seed"):
-        if (dataset, seed) not in done:
-            done[(dataset, seed)] = run_one(dataset, seed, args)
-            with open(cache, "a") as f:
-                f.write(json.dumps(done[(dataset, seed)]) + "\n")
-        rows.append(done[(dataset, seed)])
+    rows = cache.run(jobs, lambda **job: run_one(**job, args=args), "dataset × seed")
     seconds = time.perf_counter() - start
-    command = "python benchmarks/adaflood_compare.py " + shlex.join(sys.argv[1:])
+    command_line = command(__file__)
     machine = describe()
     text, notes = table(rows, args.datasets)
     md = "\n".join(
         [
             "# Flooding, iFlood and AdaFlood on noisy labels (clean test accuracy, %)",
             "",
-            f"Command: `{command.strip()}`  ",
+            f"Command: `{command_line}`  ",
             f"Machine: {machine}; {seconds / 60:.1f} minutes (cached runs not counted).  ",
             f"Protocol: MLP 4×{args.width} (PyTorch initialisation and batch norm), "
             f"SGD lr 0.01 momentum 0.9, {args.epochs} full-batch epochs, label noise "
@@ -199,15 +178,12 @@ def main() -> None:
             "",
         ]
     )
-    with open(os.path.join(args.out, "adaflood_compare.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(args.out, "adaflood_compare.json"), "w") as f:
-        json.dump(
-            {"rows": rows, "command": command, "machine": machine, "seconds": seconds},
-            f,
-            indent=2,
-        )
-    print(md)
+    write_results(
+        args.out,
+        "adaflood_compare",
+        md,
+        {"rows": rows, "command": command_line, "machine": machine, "seconds": seconds},
+    )
 
 
 if __name__ == "__main__":

@@ -24,18 +24,14 @@ Writes benchmarks/results/bench_step_<platform>.{md,json}.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shlex
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _machine import describe
+from _machine import command, describe, write_results
 from _machine import parser as make_parser
 from _models import cnn_problem, mlp_problem, wide_mlp_problem
 
@@ -250,21 +246,20 @@ def main() -> None:
     problems = [mlp_problem(args.width)]
     problems += [wide_mlp_problem(w) for w in args.widths]
     problems.append(cnn_problem())
-    command = "python benchmarks/bench_step.py " + shlex.join(sys.argv[1:])
-    output = {"command": command.strip(), "machine": describe(), "problems": {}}
+    output = {"command": command(__file__), "machine": describe(), "problems": {}}
     texts = []
     for problem in problems:
         result = bench_problem(problem, args.rounds, args.steps)
         output["problems"][problem.name] = result
         texts.append(format_results(problem.name, result))
         print(texts[-1], "\n", flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    platform = jax.devices()[0].platform
-    with open(os.path.join(args.out, f"bench_step_{platform}.json"), "w") as f:
-        json.dump(output, f, indent=2)
-    with open(os.path.join(args.out, f"bench_step_{platform}.md"), "w") as f:
-        f.write(f"Command: `{output['command']}`  \nMachine: {output['machine']}\n\n")
-        f.write("\n\n".join(texts) + "\n")
+    header = f"Command: `{output['command']}`  \nMachine: {output['machine']}\n\n"
+    write_results(
+        args.out,
+        f"bench_step_{jax.devices()[0].platform}",
+        header + "\n\n".join(texts) + "\n",
+        output,
+    )
 
 
 if __name__ == "__main__":

@@ -21,17 +21,13 @@ Writes benchmarks/results/bench_sweep_<platform>.{md,json}.
 from __future__ import annotations
 
 import functools
-import json
-import os
 import resource
-import shlex
-import sys
 import time
 from unittest import mock
 
 import jax
 import numpy as np
-from _machine import describe
+from _machine import command, describe, write_results
 from _machine import parser as make_parser
 from flax import nnx
 
@@ -121,24 +117,19 @@ def main() -> None:
         results[name] = {"summary": summary, "runs": runs}
         blocks.append("\n".join(lines))
         print(blocks[-1], "\n", flush=True)
-    command = "python benchmarks/bench_sweep.py " + shlex.join(sys.argv[1:])
+    command_line, machine = command(__file__), describe()
     text = (
-        f"Command: `{command.strip()}`  \nMachine: {describe()}  \n"
+        f"Command: `{command_line}`  \nMachine: {machine}  \n"
         f"Medians of {args.repeats} interleaved repetitions; compilation included.\n\n"
         + "\n\n".join(blocks)
         + "\n"
     )
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    platform = jax.devices()[0].platform
-    with open(os.path.join(args.out, f"bench_sweep_{platform}.json"), "w") as f:
-        json.dump(
-            {"command": command.strip(), "machine": describe(), "results": results},
-            f,
-            indent=2,
-        )
-    with open(os.path.join(args.out, f"bench_sweep_{platform}.md"), "w") as f:
-        f.write(text)
+    write_results(
+        args.out,
+        f"bench_sweep_{jax.devices()[0].platform}",
+        text,
+        {"command": command_line, "machine": machine, "results": results},
+    )
 
 
 if __name__ == "__main__":

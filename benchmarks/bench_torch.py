@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
 
 import numpy as np
-from _machine import describe
+from _machine import command, describe, write_results
 from _machine import parser as make_parser
 
 FLOOD, STRENGTH, LR = 0.1, 0.01, 1e-3
@@ -247,23 +246,19 @@ def main() -> None:
             f"{compile_ms} | {_summary(row['vs_eager'])} | {vs_compile} | "
             f"{np.mean(old):.3f} |"
         )
-    command = "python benchmarks/bench_torch.py " + shlex.join(sys.argv[1:])
+    command_line = command(__file__)
     machine = f"{describe()}; torch {torch.__version__} ({os.cpu_count()} threads)"
     text = (
-        f"Command: `{command.strip()}`  \nMachine: {machine}  \n"
+        f"Command: `{command_line}`  \nMachine: {machine}  \n"
         f"{args.processes} repetitions of one process per framework, "
         f"{args.rounds} rounds × {args.steps} steps each.\n\n" + "\n".join(lines) + "\n"
     )
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_torch.json"), "w") as f:
-        json.dump(
-            {"command": command.strip(), "machine": machine, "results": results},
-            f,
-            indent=2,
-        )
-    with open(os.path.join(args.out, "bench_torch.md"), "w") as f:
-        f.write(text)
+    write_results(
+        args.out,
+        "bench_torch",
+        text,
+        {"command": command_line, "machine": machine, "results": results},
+    )
 
 
 if __name__ == "__main__":

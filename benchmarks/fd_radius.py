@@ -17,16 +17,11 @@ Writes benchmarks/results/fd_radius.{md,json}.
 
 from __future__ import annotations
 
-import json
-import os
-import shlex
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _machine import describe
+from _machine import command, describe, write_results
 from _machine import parser as make_parser
 from flax import nnx
 
@@ -142,13 +137,13 @@ def main() -> None:
         errors = " | ".join(f"{results[c]['errors'][i]:.1e}" for c in columns)
         changes = results["ReLU + BN, float64"]["sign_changes"][i]
         lines.append(f"| {r:.0e} | {errors} | {changes} |")
-    command = "python benchmarks/fd_radius.py " + shlex.join(sys.argv[1:])
+    command_line = command(__file__)
     machine = describe()
     md = "\n".join(
         [
             "# The finite difference against the exact Hessian-vector product",
             "",
-            f"Command: `{command.strip()}`  ",
+            f"Command: `{command_line}`  ",
             f"Machine: {machine}.  ",
             f"Models: 4×{args.width} MLPs on Sinusoid2d's 100 training points (label "
             "noise 0.1), full batch: tanh without batch norm (smooth), and the paper's "
@@ -161,21 +156,17 @@ def main() -> None:
             "",
         ]
     )
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "fd_radius.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(args.out, "fd_radius.json"), "w") as f:
-        json.dump(
-            {
-                "command": command,
-                "machine": machine,
-                "radii": RADII,
-                "results": results,
-            },
-            f,
-            indent=2,
-        )
-    print(md)
+    write_results(
+        args.out,
+        "fd_radius",
+        md,
+        {
+            "command": command_line,
+            "machine": machine,
+            "radii": RADII,
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -29,17 +29,13 @@ Writes benchmarks/results/paper_synthetic.{md,json}.
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import sys
 import time
 
 import numpy as np
-from _machine import describe
+from _machine import RunCache, command, describe, mean_std, write_results
 from _machine import parser as make_parser
 from flax import nnx
-from tqdm import tqdm
 
 from floodax.experiments import (
     MLP,
@@ -54,6 +50,7 @@ OPTIMIZERS = {
     "SGD (lr 0.01, momentum 0.9)": ("sgd", 0.01),
     "Adam (lr 1e-3)": ("adam", 1e-3),
 }
+LEARNING_RATES = dict(OPTIMIZERS.values())
 # run_demo_synth.py, params_choices: the levels the authors' demo tries.
 AUTHORS_GRID = {"sgd": (0.0, 0.26, 0.27, 0.28), "adam": (0.0, 0.24, 0.25, 0.26)}
 DATASETS = ("sinusoid2d", "gaussians", "spiral", "digits")
@@ -75,7 +72,8 @@ def _choice(sweep, labels: str, allowed=None) -> dict:
     }
 
 
-def run_one(dataset: str, optimizer: str, lr: float, seed: int, args) -> dict:
+def run_one(dataset: str, optimizer: str, seed: int, args) -> dict:
+    lr = LEARNING_RATES[optimizer]
     data = load_dataset(dataset, seed=seed, label_noise=args.label_noise)
     model = MLP(
         data.x_train.shape[1], data.num_classes, width=args.width, rngs=nnx.Rngs(seed)
@@ -101,10 +99,6 @@ def run_one(dataset: str, optimizer: str, lr: float, seed: int, args) -> dict:
         "ascent_share": sweep.ascent_share.tolist(),
         "vectorized": sweep.vectorized,
     }
-
-
-def _mean_std(values) -> str:
-    return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f}"
 
 
 def _paired(flood, base) -> str:
@@ -142,9 +136,9 @@ def tables(rows: list[dict], datasets, seeds: int) -> str:
             grid = [r["authors_grid"]["test_accuracy"] for r in sel]
             levels = ", ".join(f"{r['clean']['flood_level']:g}" for r in sel)
             lines.append(
-                f"| {dataset} | {opt_name} | {_mean_std(base)} | {_mean_std(clean)} | "
-                f"{_paired(clean, base)} | {levels} | {_mean_std(noisy)} | "
-                f"{_mean_std(grid)} |"
+                f"| {dataset} | {opt_name} | {mean_std(base)} | {mean_std(clean)} | "
+                f"{_paired(clean, base)} | {levels} | {mean_std(noisy)} | "
+                f"{mean_std(grid)} |"
             )
             worse = sum(c < b for c, b in zip(clean, base, strict=True))
             if worse or np.mean(clean) <= np.mean(base):
@@ -165,44 +159,35 @@ def main() -> None:
         "--datasets", nargs="+", choices=DATASETS, default=list(DATASETS)
     )
     args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    cache = os.path.join(args.out, "paper_synthetic_runs.jsonl")
-    done = {}
-    if os.path.exists(cache):
-        with open(cache) as f:
-            for line in f:
-                r = json.loads(line)
-                done[(r["dataset"], r["optimizer"], r["seed"])] = r
+    cache = RunCache(
+        os.path.join(args.out, "paper_synthetic_runs.jsonl"),
+        ("dataset", "optimizer", "seed"),
+    )
     jobs = [
-        (d, optimizer, lr, s)
+        {"dataset": d, "optimizer": optimizer, "seed": s}
         for d in args.datasets
-        for optimizer, lr in OPTIMIZERS.values()
+        for optimizer in LEARNING_RATES
         for s in range(args.seeds)
     ]
     print(
         f"{len(jobs)} sweeps of {len(PAPER_GRID)} levels × {args.epochs} epochs "
-        f"({len(jobs) - sum((d, o, s) in done for d, o, _, s in jobs)} to run); "
-        "about 4 minutes each on 2 CPU cores (digits: about 8)",
+        f"({cache.missing(jobs)} to run); about 4 minutes each on 2 CPU cores "
+        "(digits: about 8)",
         flush=True,
     )
     start = time.perf_counter()
-    rows = []
-    for dataset, optimizer, lr, seed in tqdm(jobs, desc="dataset × optimizer × seed"):
-        key = (dataset, optimizer, seed)
-        if key not in done:
-            done[key] = run_one(dataset, optimizer, lr, seed, args)
-            with open(cache, "a") as f:
-                f.write(json.dumps(done[key]) + "\n")
-        rows.append(done[key])
+    rows = cache.run(
+        jobs, lambda **job: run_one(**job, args=args), "dataset × optimizer × seed"
+    )
     seconds = time.perf_counter() - start
-    command = "python benchmarks/paper_synthetic.py " + shlex.join(sys.argv[1:])
+    command_line = command(__file__)
     machine = describe()
     table, verdicts = tables(rows, args.datasets, args.seeds)
     md = "\n".join(
         [
             "# Flooding on the authors' protocol (clean test accuracy, %)",
             "",
-            f"Command: `{command.strip()}`  ",
+            f"Command: `{command_line}`  ",
             f"Machine: {machine}; {seconds / 60:.1f} minutes (runs taken from the "
             "cache not counted).  ",
             f"Protocol: the authors' data, MLP 4×{args.width} (PyTorch "
@@ -221,15 +206,12 @@ def main() -> None:
             "",
         ]
     )
-    with open(os.path.join(args.out, "paper_synthetic.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(args.out, "paper_synthetic.json"), "w") as f:
-        json.dump(
-            {"rows": rows, "command": command, "machine": machine, "seconds": seconds},
-            f,
-            indent=2,
-        )
-    print(md)
+    write_results(
+        args.out,
+        "paper_synthetic",
+        md,
+        {"rows": rows, "command": command_line, "machine": machine, "seconds": seconds},
+    )
 
 
 if __name__ == "__main__":

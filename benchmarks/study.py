@@ -12,13 +12,10 @@ The same code runs short versions with ``floodax demo --study NAME``
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import sys
 import time
 
-from _machine import describe
+from _machine import command, describe, write_results
 from _machine import parser as make_parser
 
 from floodax.experiments import studies
@@ -41,13 +38,13 @@ def main() -> None:
     start = time.perf_counter()
     result, table, png = studies.run_study(args.study, config, out=args.out)
     seconds = time.perf_counter() - start
-    command = "python benchmarks/study.py " + shlex.join(sys.argv[1:])
+    command_line = command(__file__)
     machine = describe()
     md = "\n".join(
         [
             f"# Study: {args.study}",
             "",
-            f"Command: `{command}`  ",
+            f"Command: `{command_line}`  ",
             f"Machine: {machine}; {seconds / 60:.1f} minutes.  ",
             f"Settings: `{config}`",
             "",
@@ -57,15 +54,12 @@ def main() -> None:
             "",
         ]
     )
-    with open(os.path.join(args.out, f"study_{args.study}.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(args.out, f"study_{args.study}.json"), "w") as f:
-        json.dump(
-            {"command": command, "machine": machine, "seconds": seconds, **result},
-            f,
-            indent=2,
-        )
-    print(md)
+    write_results(
+        args.out,
+        f"study_{args.study}",
+        md,
+        {"command": command_line, "machine": machine, "seconds": seconds, **result},
+    )
 
 
 if __name__ == "__main__":

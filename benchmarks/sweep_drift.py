@@ -14,14 +14,11 @@ Writes benchmarks/results/sweep_drift.{md,json,png}.
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import sys
 import time
 
 import numpy as np
-from _machine import describe
+from _machine import command, describe, write_results
 from _machine import parser as make_parser
 from flax import nnx
 
@@ -85,13 +82,13 @@ def main() -> None:
         "chosen_level_alone": alone.best_flood_level,
         "chosen_level_vmapped": batched.best_flood_level,
     }
-    command = "python benchmarks/sweep_drift.py " + shlex.join(sys.argv[1:])
+    command_line = command(__file__)
     machine = describe()
     md = "\n".join(
         [
             "# Vmapped sweep vs the same levels trained alone",
             "",
-            f"Command: `{command.strip()}`  ",
+            f"Command: `{command_line}`  ",
             f"Machine: {machine}; both sweeps {seconds / 60:.1f} minutes.  ",
             f"Setting: {args.dataset}, label noise 0.1, {args.optimizer}, MLP "
             f"4×{args.width}, {args.epochs} full-batch epochs, the 51 levels of "
@@ -151,23 +148,20 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "sweep_drift.png"), dpi=110)
     plt.close(fig)
-    with open(os.path.join(args.out, "sweep_drift.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(args.out, "sweep_drift.json"), "w") as f:
-        json.dump(
-            {
-                "command": command,
-                "machine": machine,
-                "summary": summary,
-                "first_differing_epoch": first.tolist(),
-                "first_flipped_decision": first_flip.tolist(),
-                "test_accuracy_gap": test_gap.tolist(),
-                "median_train_loss_gap": np.median(loss_gap, 0).tolist(),
-            },
-            f,
-            indent=2,
-        )
-    print(md)
+    write_results(
+        args.out,
+        "sweep_drift",
+        md,
+        {
+            "command": command_line,
+            "machine": machine,
+            "summary": summary,
+            "first_differing_epoch": first.tolist(),
+            "first_flipped_decision": first_flip.tolist(),
+            "test_accuracy_gap": test_gap.tolist(),
+            "median_train_loss_gap": np.median(loss_gap, 0).tolist(),
+        },
+    )
 
 
 if __name__ == "__main__":

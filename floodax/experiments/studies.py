@@ -83,9 +83,24 @@ def _model(data: Dataset, width: int, seed: int) -> MLP:
     )
 
 
-def _savefig(fig: Any, path: str | None) -> None:
+def _finish(
+    fig: Any,
+    axes: Any,
+    title: str,
+    path: str | None,
+    *,
+    fontsize: int = 8,
+    which: str = "major",
+) -> None:
+    """Grid and legend on every axis, the title, then save (if ``path``) and
+    close the figure."""
     import matplotlib.pyplot as plt
 
+    for ax in np.ravel(axes):
+        ax.grid(alpha=0.3, which=which)
+        ax.legend(fontsize=fontsize)
+    fig.suptitle(title)
+    fig.tight_layout()
     if path is not None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         fig.savefig(path, dpi=110)
@@ -220,15 +235,13 @@ def _plot_flatness(out: dict, png: str | None) -> None:
         ax.set_xlabel("epoch")
     axes[2].set_xlabel("α (θ + α·d)")
     axes[2].set_ylabel("cross-entropy")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(
+    _finish(
+        fig,
+        axes,
         f"Flatness: {config['dataset']}, label noise {config['label_noise']:g}, "
-        f"SGD, {config['epochs']} epochs (band: min to max over seeds)"
+        f"SGD, {config['epochs']} epochs (band: min to max over seeds)",
+        png,
     )
-    fig.tight_layout()
-    _savefig(fig, png)
 
 
 def flatness_table(out: dict) -> str:
@@ -404,15 +417,13 @@ def _plot_noise(out: dict, png: str | None) -> None:
     ax_gain.set_xlabel("label noise")
     ax_gain.set_ylabel("flooding − baseline, clean test accuracy (points)")
     ax_gain.set_title("Gain from flooding")
-    for ax in (ax_b, ax_gain):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(
+    _finish(
+        fig,
+        (ax_b, ax_gain),
         f"Flood level vs label noise (mean ± std over "
-        f"{out['config']['seeds']} seeds; b chosen on clean validation)"
+        f"{out['config']['seeds']} seeds; b chosen on clean validation)",
+        png,
     )
-    fig.tight_layout()
-    _savefig(fig, png)
 
 
 def noise_table(out: dict) -> str:
@@ -608,15 +619,16 @@ def _plot_derivation(out: dict, png: str | None) -> None:
             )
         ax.set_xlabel("pairs of steps")
         ax.set_title(_MODEL_NAMES.get(kind, kind))
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
     axes[0][0].set_ylabel("‖θ_alternating − θ_other‖ / ‖θ_alternating − θ₀‖")
-    fig.suptitle(
+    _finish(
+        fig,
+        axes,
         "Alternating steps vs the equivalent penalty over whole runs "
-        f"(mean of {out['config']['seeds']} seeds)"
+        f"(mean of {out['config']['seeds']} seeds)",
+        png,
+        fontsize=7,
+        which="both",
     )
-    fig.tight_layout()
-    _savefig(fig, png)
 
 
 def derivation_table(out: dict) -> str:
@@ -781,15 +793,14 @@ def _plot_second_descent(out: dict, png: str | None) -> None:
         ax.set_title(
             f"noise {noise:g}, {'full batch' if batch is None else f'batch {batch}'}"
         )
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     axes[0][0].set_ylabel("clean test loss (log)")
-    fig.suptitle(
+    _finish(
+        fig,
+        axes,
         f"Test loss over {config['epochs']} epochs (mean, band min–max over "
-        f"{config['seeds']} seeds)"
+        f"{config['seeds']} seeds)",
+        png,
     )
-    fig.tight_layout()
-    _savefig(fig, png)
 
 
 def second_descent_table(out: dict) -> str:
