@@ -14,6 +14,7 @@ Usage (from the repository root, in the test environment)::
     python tests/mutation.py floodax/_flooding.py # one module
     python tests/mutation.py --list               # the mutants, not run
     python tests/mutation.py --workers 2 --out mutation.json
+    python tests/mutation.py --rerun mutation.json  # last run's survivors only
 
 It prints one line per mutant and a score (killed / all), and writes the
 survivors with their diffs to ``--out``.
@@ -349,6 +350,15 @@ def run_mutant(
     return verdict, time.perf_counter() - start
 
 
+def _identity(mutant: dict) -> tuple[str, str, str, str]:
+    return (
+        mutant["path"],
+        mutant["description"],
+        mutant["original"],
+        mutant["mutated"],
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", default=sorted(TESTS))
@@ -356,8 +366,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--out", default="mutation.json")
+    parser.add_argument(
+        "--rerun",
+        metavar="JSON",
+        help="run only the survivors listed in an earlier --out file (matched "
+        "by module, change and text, so edits elsewhere do not lose them)",
+    )
     args = parser.parse_args(argv)
     mutants = [m for path in args.modules for m in mutants_of(path)]
+    if args.rerun:
+        with open(args.rerun) as f:
+            wanted = {_identity(s) for s in json.load(f)["survivors"]}
+        mutants = [m for m in mutants if _identity(asdict(m)) in wanted]
     if args.list:
         for m in mutants:
             print(
