@@ -143,10 +143,11 @@ def multi_steps(
             )
             return new_updates, MultiStepsState(after, state.value_mean)
         value = check_scalar_value("value", value)
-        n = before.mini_step.astype(accumulator_dtype)
+        # A running mean in the accumulator's dtype (an integer count does
+        # not promote it).
         mean = state.value_mean + (
             value.astype(accumulator_dtype) - state.value_mean
-        ) / (n + 1)
+        ) / (before.mini_step + 1)
         new_updates, after = accumulate.update(
             updates, before, params, value=mean.astype(value.dtype), **extra_args
         )
@@ -156,9 +157,7 @@ def multi_steps(
             after.gradient_step == before.gradient_step
         )
         emitted = ~skipped & (after.mini_step == 0)
-        value_mean = jnp.where(
-            skipped, state.value_mean, jnp.where(emitted, 0.0, mean)
-        ).astype(accumulator_dtype)
+        value_mean = jnp.where(skipped, state.value_mean, jnp.where(emitted, 0.0, mean))
         return new_updates, MultiStepsState(after, value_mean)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -172,7 +172,7 @@ def alternate(
         factor = jnp.where(
             position == 0,
             first,
-            jnp.where(position == 1, second, -(jnp.asarray(eps1) - eps2)),
+            jnp.where(position == 1, second, eps2 - eps1),
         )
         return _scale(updates, factor)
 
@@ -190,13 +190,13 @@ def alternate(
             middle = optax.apply_updates(params, step)
             grads = jax.grad(value_fn)(middle)
             return jax.tree.map(
-                lambda s, g: (s + jnp.asarray(second, g.dtype) * g).astype(s.dtype),
+                lambda s, g: (s + second * g).astype(s.dtype),
                 step,
                 grads,
             )
 
         def plain(updates: optax.Updates) -> optax.Updates:
-            return _scale(updates, -(jnp.asarray(eps1) - eps2))
+            return _scale(updates, eps2 - eps1)
 
         return jax.lax.cond(count % interval == 0, pair, plain, updates)
 

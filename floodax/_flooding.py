@@ -400,7 +400,7 @@ def flood(
         is_nan = jnp.isnan(value)
 
         def flip(u: jax.Array) -> jax.Array:
-            return jnp.where(is_nan, jnp.nan, jnp.where(ascend, -u, u)).astype(u.dtype)
+            return jnp.where(is_nan, jnp.nan, jnp.where(ascend, -u, u))
 
         new_state = FloodState(
             count=optax.safe_increment(state.count),

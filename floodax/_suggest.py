@@ -93,9 +93,8 @@ def suggest_flood_level(
         )
     fraction = check_real("fraction", fraction, low=0.0, low_open=True, high=1.0)
     check_int("patience", patience, minimum=1)
-    for epoch in range(len(val) - 1):
-        later = val[epoch + 1 : epoch + 1 + patience]
-        if len(later) == patience and np.all(later >= val[epoch]):
+    for epoch in range(len(val) - patience):
+        if np.all(val[epoch + 1 : epoch + 1 + patience] >= val[epoch]):
             return FloodLevelSuggestion(float(fraction * train[epoch]), epoch, True)
     last = len(val) - 1
     return FloodLevelSuggestion(float(fraction * train[last]), last, False)

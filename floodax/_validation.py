@@ -187,7 +187,7 @@ def check_real(
         raise ValueError(
             f"`{name}` must be a single number, got shape {np.shape(value)}."
         )
-    number = float(np.asarray(value))
+    number = float(value)
     if not np.isfinite(number):
         raise ValueError(f"`{name}` must be finite, got {number}.")
     too_low = low is not None and (number <= low if low_open else number < low)
@@ -254,7 +254,7 @@ def check_interval(interval: Any) -> None:
         and jnp.issubdtype(jnp.result_type(interval), jnp.integer)
         and np.shape(interval) == ()
     )
-    if not is_integer or (not is_traced(interval) and int(np.asarray(interval)) < 1):
+    if not is_integer or (not is_traced(interval) and int(interval) < 1):
         raise ValueError(f"`interval` must be an integer >= 1, got {interval!r}{fix}.")
 
 

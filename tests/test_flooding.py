@@ -71,6 +71,11 @@ def test_iflooded_where_equals_subset(x64):
     np.testing.assert_allclose(
         floodax.iflooded(losses, 0.15, where=mask), (0.25 + 0.2 + 0.9) / 3, rtol=1e-15
     )
+    # A mask given as a Python list (or NumPy array) means the same.
+    listed = [True, False, True, True, False]
+    assert floodax.iflooded(losses, 0.15, where=listed) == floodax.iflooded(
+        losses, 0.15, where=mask
+    )
 
 
 def test_iflooded_differs_from_flooded_mean():
@@ -402,6 +407,17 @@ def test_flood_decision_is_made_in_the_loss_dtype():
     tx = floodax.flood(0.1)
     grads = jnp.ones(2)
     up, _ = tx.update(grads, tx.init(grads), value=jnp.asarray(0.1, jnp.bfloat16))
+    np.testing.assert_array_equal(up, np.ones(2))
+    # A float32 level (a schedule's or inject_hyperparams' output) is cast to
+    # the loss's dtype too, as `flooded` casts it, so the two forms decide
+    # alike: 0.0997 rounds to the bfloat16 loss 0.099609375 (descent), though
+    # in float32 the loss lies below it.
+    loss, level = jnp.asarray(0.0996, jnp.bfloat16), jnp.float32(0.0997)
+    assert float(loss) < float(level)
+    injected = optax.inject_hyperparams(floodax.flood)(flood_level=level)
+    up, _ = injected.update(grads, injected.init(grads), value=loss)
+    sign = jax.grad(lambda v: floodax.flooded(v, level))(loss)
+    assert float(sign) == 1.0
     np.testing.assert_array_equal(up, np.ones(2))
 
 

@@ -51,6 +51,36 @@ TRANSFORMS = {
     "penalty_fd": lambda: optax.chain(
         floodax.add_grad_norm_penalty(0.1, method="finite_difference"), optax.sgd(0.1)
     ),
+    # Injected hyperparameters and schedules are float32 arrays, not weakly
+    # typed Python numbers: multiplying a bfloat16 update by one would
+    # promote it to float32 unless the transform casts.
+    "flood_injected": lambda: optax.chain(
+        optax.inject_hyperparams(floodax.flood)(flood_level=0.05),
+        optax.adam(0.02, eps=1e-4),
+    ),
+    "alternate_schedule": lambda: optax.chain(
+        optax.scale_by_adam(eps=1e-4),
+        floodax.alternate(optax.linear_schedule(0.02, 0.01, 40), 0.005),
+    ),
+    "backstitch_injected": lambda: optax.inject_hyperparams(
+        floodax.alternate, static_args=("ascent_first",)
+    )(descent_rate=0.1, ascent_rate=0.03, ascent_first=True),
+    "penalty_exact_injected": lambda: optax.chain(
+        optax.inject_hyperparams(floodax.add_grad_norm_penalty)(strength=0.1),
+        optax.sgd(0.1),
+    ),
+    "penalty_fd_injected": lambda: optax.chain(
+        optax.inject_hyperparams(
+            floodax.add_grad_norm_penalty, static_args=("method",)
+        )(strength=0.1, radius=1e-2, method="finite_difference"),
+        optax.sgd(0.1),
+    ),
+    "penalty_gnp_injected": lambda: optax.chain(
+        optax.inject_hyperparams(
+            floodax.add_grad_norm_penalty, static_args=("method",)
+        )(strength=0.1, radius=1e-2, power=1, method="finite_difference"),
+        optax.sgd(0.1),
+    ),
 }
 
 

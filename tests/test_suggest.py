@@ -29,11 +29,31 @@ def test_suggest_flood_level_without_a_rise():
     assert s.flood_level == pytest.approx(0.05)
 
 
+def test_suggest_flood_level_window_and_ties():
+    train = np.linspace(1.0, 0.5, 6)
+    # patience 2: epoch 1 is beaten two epochs later, epoch 3 is not.
+    val = np.array([3.0, 2.0, 2.5, 1.9, 2.6, 2.7])
+    s = floodax.suggest_flood_level(train, val, patience=2)
+    assert s.epoch == 3 and s.validation_loss_rises
+    assert s.flood_level == pytest.approx(0.5 * train[3])
+    # A plateau is "not beaten": it is where the rise starts.
+    flat = floodax.suggest_flood_level(train[:5], [1.0, 0.5, 0.5, 0.5, 0.5])
+    assert flat.epoch == 1 and flat.validation_loss_rises
+    # A rise that `patience` later epochs cannot confirm yet does not count.
+    late = floodax.suggest_flood_level(train[:5], [1.0, 0.9, 0.8, 0.7, 0.8], patience=2)
+    assert late.epoch == 4 and not late.validation_loss_rises
+    assert late.flood_level == pytest.approx(0.5 * train[4])
+
+
 def test_suggest_flood_level_bad_input():
     with pytest.raises(ValueError, match="same non-zero length"):
         floodax.suggest_flood_level([1.0, 0.5], [1.0])
     with pytest.raises(ValueError, match="must be finite"):
         floodax.suggest_flood_level([1.0, np.nan], [1.0, 0.5])
+    with pytest.raises(ValueError, match="must be finite"):
+        floodax.suggest_flood_level([1.0, 0.5], [np.inf, 0.5])
+    with pytest.raises(ValueError, match="non-negative"):
+        floodax.suggest_flood_level([1.0, -0.5], [1.0, 0.5])
     with pytest.raises(ValueError, match="`fraction` must lie in"):
         floodax.suggest_flood_level([1.0], [1.0], fraction=0.0)
     with pytest.raises(ValueError, match="`patience` must be an int"):

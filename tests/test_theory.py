@@ -50,6 +50,65 @@ def test_theory_bad_input():
         floodax.equivalence_order(mlp_loss, {}, num_rates=1)
     with pytest.raises(ValueError, match="`shrink` must lie in"):
         floodax.equivalence_order(mlp_loss, {}, shrink=1.0)
+    with pytest.raises(ValueError, match="`shrink` must lie in"):
+        floodax.flow_order(mlp_loss, {}, shrink=0.0)
+    with pytest.raises(ValueError, match="`ratio` is ε2/ε1"):
+        floodax.equivalence_order(mlp_loss, {}, ratio=-0.1)
+    with pytest.raises(ValueError, match="`num_rates` must be an int >= 2"):
+        floodax.flow_order(mlp_loss, {}, num_rates=True)
+
+
+def _same(a, b):
+    return all(
+        np.array_equal(x, y)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def test_checks_use_their_documented_defaults(mlp):
+    # The docstrings promise the ladders ε1 = 0.1·0.5ᵏ, k < 6, with ε2 = 0.5·ε1
+    # (derivation) and ε2 = 0 (flow), descent first, 200 substeps; the
+    # smallest ladder, two rates, fits too.
+    params, x, y = mlp
+    ladder = 0.1 * 0.5 ** np.arange(6)
+    report = floodax.equivalence_order(mlp_loss, params, x, y)
+    np.testing.assert_allclose(report.descent_rates, ladder, rtol=1e-15)
+    np.testing.assert_allclose(report.ascent_rates, 0.5 * ladder, rtol=1e-15)
+    explicit = floodax.equivalence_order(mlp_loss, params, x, y, ascent_first=False)
+    assert _same(report, explicit)
+    other = floodax.equivalence_order(mlp_loss, params, x, y, ascent_first=True)
+    assert not np.array_equal(report.derivation_errors, other.derivation_errors)
+    two = floodax.equivalence_order(
+        mlp_loss, params, x, y, largest_rate=0.2, num_rates=2
+    )
+    assert len(two.descent_rates) == 2 and abs(two.derivation_order - 3.0) < 0.3
+
+    flow = floodax.flow_order(mlp_loss, params, x, y)
+    np.testing.assert_allclose(flow.descent_rates, ladder, rtol=1e-15)
+    np.testing.assert_array_equal(flow.ascent_rates, 0.0)
+    assert _same(flow, floodax.flow_order(mlp_loss, params, x, y, substeps=200))
+
+    single = floodax.check_modified_flow(mlp_loss, params, 0.1, 0.05, x, y)
+    assert _same(
+        single,
+        floodax.check_modified_flow(
+            mlp_loss, params, 0.1, 0.05, x, y, ascent_first=False, substeps=200
+        ),
+    )
+    for changed in ({"ascent_first": True}, {"substeps": 100}):
+        assert not _same(
+            single,
+            floodax.check_modified_flow(mlp_loss, params, 0.1, 0.05, x, y, **changed),
+        )
+    loss_fn = functools.partial(mlp_loss, x=x, y=y)
+    gd = floodax.check_modified_flow(loss_fn, params, 0.1)  # ε2 = 0: one GD step
+    assert _same(gd, floodax.check_modified_flow(loss_fn, params, 0.1, 0.0))
+    assert _same(
+        floodax.check_equivalence(mlp_loss, params, 0.1, 0.05, x, y),
+        floodax.check_equivalence(
+            mlp_loss, params, 0.1, 0.05, x, y, ascent_first=False
+        ),
+    )
 
 
 @pytest.mark.parametrize("rates", [(0.02, 0.005), (0.02, 0.02)])
