@@ -10,7 +10,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from floodax._validation import check_scalar_value
+from floodax._validation import check_count, check_scalar_value
+
+
+def _micro_batch_value_fn(params: Any) -> Any:
+    """Stands in for a micro-batch's ``value_fn`` inside ``multi_steps``."""
+    del params
+    raise TypeError(
+        "floodax.multi_steps: a transformation inside `inner` called `value_fn`, "
+        "the loss of one micro-batch, while its updates are the mean gradient of "
+        "all the accumulated micro-batches; a penalty or backstitch step would "
+        "mix the two. To penalise each micro-batch, put the penalty before the "
+        "accumulation: optax.chain(floodax.add_grad_norm_penalty(strength), "
+        "floodax.multi_steps(inner, k)). If the value_fn you pass evaluates the "
+        "whole large batch, say so: floodax.multi_steps(..., "
+        "value_fn_is_large_batch=True)."
+    )
 
 
 class MultiStepsState(NamedTuple):
@@ -43,6 +58,7 @@ def multi_steps(
     use_grad_mean: bool = True,
     should_skip_update_fn: Callable[..., Any] | None = None,
     accumulator_dtype: Any = "float32",
+    value_fn_is_large_batch: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Gradient accumulation whose inner transformation sees the mean loss.
 
@@ -68,12 +84,24 @@ def multi_steps(
     Flooding each micro-batch instead (``flooded`` on every micro-batch
     loss, then accumulating) is another objective, ``Σ|L_j − b| + b``: it
     flips the micro-batches below ``b`` even while the large batch is above.
-    Everything else is ``optax.MultiSteps``: a ``value_fn`` or other extra
-    arguments pass through unchanged, ``every_k_schedule`` may be a schedule
-    of the update count, and ``inner``'s state advances only when an update
-    is emitted. Calls without ``value`` are fine for an ``inner`` that does
-    not need one. Under ``shard_map``, give :func:`flood` its ``axis_name``:
-    the per-device means are then averaged over devices.
+    Everything else is ``optax.MultiSteps``: extra arguments pass through,
+    ``every_k_schedule`` may be a schedule of the update count, and
+    ``inner``'s state advances only when an update is emitted.
+
+    A ``value_fn`` is the exception. It is the loss of the micro-batch it was
+    passed with, while ``inner`` sees the mean gradient of all ``k``: a
+    penalty or backstitch step inside would mix the last micro-batch's
+    curvature with the large batch's gradient (with the finite difference,
+    wrong by orders of magnitude). So a transformation inside ``inner`` that
+    calls ``value_fn`` raises, unless ``value_fn_is_large_batch=True`` says
+    that the ``value_fn`` you pass evaluates the whole large batch (then the
+    penalty is the large batch's, exactly). To penalise each micro-batch
+    instead, put the penalty before the accumulation:
+    ``optax.chain(floodax.add_grad_norm_penalty(λ), floodax.multi_steps(inner,
+    k))`` averages ``∇(L_j + λ‖∇L_j‖²)`` over the micro-batches. Calls
+    without ``value`` are fine for an ``inner`` that does not need one.
+    Under ``shard_map``, give :func:`flood` its ``axis_name``: the per-device
+    means are then averaged over devices.
 
     Args:
       inner: the transformation to apply to the accumulated gradient, e.g.
@@ -90,6 +118,9 @@ def multi_steps(
         for bit-level comparisons). Give it as a string under
         ``optax.inject_hyperparams``, which takes any callable, ``jnp.float32``
         included, for a schedule.
+      value_fn_is_large_batch: let transformations inside ``inner`` call the
+        ``value_fn`` passed to ``update`` (see above); only for a ``value_fn``
+        of the whole large batch.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; its ``update`` returns
@@ -111,6 +142,21 @@ def multi_steps(
       >>> print(ms.update(g, s, value=jnp.float32(0.2))[0])  # last loss 0.2: ascent
       [1.]
     """
+    if not callable(every_k_schedule):
+        check_count(
+            "every_k_schedule",
+            every_k_schedule,
+            ": the number of micro-batches per update (or a schedule of the "
+            "update count)",
+        )
+    if accumulator_dtype is not None and not jnp.issubdtype(
+        jnp.dtype(accumulator_dtype), jnp.floating
+    ):
+        raise ValueError(
+            f"`accumulator_dtype` must be a floating-point dtype (or None for the "
+            f"parameters' dtype), got {accumulator_dtype!r}: an integer "
+            "accumulator would truncate the gradients and the losses."
+        )
     schedule = (
         every_k_schedule if callable(every_k_schedule) else (lambda _: every_k_schedule)
     )
@@ -136,6 +182,8 @@ def multi_steps(
         value: chex.Array | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, MultiStepsState]:
+        if extra_args.get("value_fn") is not None and not value_fn_is_large_batch:
+            extra_args = {**extra_args, "value_fn": _micro_batch_value_fn}
         before = state.inner
         if value is None:
             new_updates, after = accumulate.update(

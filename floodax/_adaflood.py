@@ -17,6 +17,27 @@ from floodax._validation import (
 )
 
 
+@jax.custom_jvp
+def _levels(z: jax.Array, gamma: jax.Array) -> jax.Array:
+    """``−log((1 − γ)·e^{−z} + γ)``, kept inside its exact bounds ``[0, z]``."""
+    levels = -jnp.logaddexp(jnp.log1p(-gamma) - z, jnp.log(gamma))
+    # The exact level lies in [0, z] (the mixture's probability is between
+    # e^{−z} and 1); rounding can step outside by an ulp, e.g. −7e-18 at
+    # z = 0, which iflooded would reject as a negative level.
+    return jnp.clip(levels, 0, jnp.maximum(z, 0))
+
+
+@_levels.defjvp
+def _levels_jvp(primals: tuple, tangents: tuple) -> tuple:
+    # With D = (1 − γ)·e^{−z} + γ = e^{−b}: ∂b/∂γ = −(1 − e^{−z})/D and
+    # ∂b/∂z = (1 − γ)·e^{−z}/D. Written with e^{b} = 1/D they stay finite at
+    # γ = 0, where autodiff of log γ gives 0·∞ = NaN.
+    z, gamma = primals
+    dz, dgamma = tangents
+    b = _levels(z, gamma)
+    return b, jnp.expm1(-z) * jnp.exp(b) * dgamma + (1 - gamma) * jnp.exp(b - z) * dz
+
+
 def adaflood_levels(
     aux_losses: chex.Array,
     *,
@@ -44,9 +65,11 @@ def adaflood_levels(
 
     Computed as ``−logaddexp(log(1 − γ) − z, log γ)`` with
     ``z = α·ℓ + β``, which is exact at ``γ = 0`` and stable for large ``z``,
-    and kept inside its exact bounds ``[0, z]`` against rounding.
-    Pure and traceable: ``γ``, ``α`` and ``β`` may be traced (swept with
-    ``jax.vmap``); concrete values are checked.
+    and kept inside its exact bounds ``[0, z]`` against rounding; its
+    derivatives in ``γ``, ``α``, ``β`` and the losses are written out, finite
+    at ``γ = 0`` too (``∂b/∂γ = −(e^{z} − 1)`` there). Pure and traceable:
+    ``γ``, ``α`` and ``β`` may be traced (swept with ``jax.vmap``, learned
+    with ``jax.grad``); concrete values are checked.
 
     This is ``AdaFloodCLSLoss`` of the authors' code (BorealisAI/adaflood,
     ``src/models/components/criterion.py``), whose defaults are
@@ -110,12 +133,7 @@ def adaflood_levels(
             )
     dtype = aux_losses.dtype
     z = jnp.asarray(scale, dtype) * aux_losses + jnp.asarray(shift, dtype)
-    g = jnp.asarray(gamma, dtype)
-    levels = -jnp.logaddexp(jnp.log1p(-g) - z, jnp.log(g))
-    # The exact level lies in [0, z] (the mixture's probability is between
-    # e^{−z} and 1); rounding can step outside by an ulp, e.g. −7e-18 at
-    # z = 0, which iflooded would reject as a negative level.
-    return jnp.clip(levels, 0, jnp.maximum(z, 0))
+    return _levels(z, jnp.broadcast_to(jnp.asarray(gamma, dtype), z.shape))
 
 
 def _check_shift(shift: Any) -> None:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from floodax._penalty import hessian_vector_product, squared_norm
+from floodax._penalty import accumulation_dtype, hessian_vector_product, squared_norm
 from floodax._validation import check_int, check_real
 
 WHICH = ("largest", "smallest")
@@ -82,8 +82,14 @@ def hessian_eigenvalues(
     negative curvature, a saddle point's escape direction. Extreme
     eigenvalues converge first; with ``num_iterations`` equal to the number
     of parameters the result is exact up to rounding. An invariant subspace
-    found early (a breakdown) is continued from a fresh random vector
-    orthogonal to ``V``.
+    found early (a breakdown: a residual below ``100·eps`` relative to the
+    largest Ritz value or off-diagonal so far, so that a spectrum at any
+    scale is treated alike) is continued from a fresh random vector
+    orthogonal to ``V``. The iteration runs in at least float32 (the
+    Hessian-vector products in the parameters' own dtypes). With the default
+    ``num_iterations`` the ``k``-th value of a dense spectrum can still be
+    off: the returned ``residuals`` ``‖H·u − λ·u‖`` say how far, and more
+    iterations bring them down.
 
     Pure and jit-compatible (``k``, ``which``, ``num_iterations`` and
     ``return_eigenvectors`` are static). Costs ``num_iterations``
@@ -143,10 +149,12 @@ def hessian_eigenvalues(
             f"`num_iterations` ({m}) must be at most the number of parameters ({n})."
         )
     key = jax.random.key(0) if key is None else key
-    dtype = flat.dtype
+    dtype = accumulation_dtype(params)
 
     def matvec(v: jax.Array) -> jax.Array:
-        return ravel_pytree(hessian_vector_product(value_fn, params, unravel(v)))[0]
+        tangent = unravel(v.astype(flat.dtype))
+        product = hessian_vector_product(value_fn, params, tangent)
+        return ravel_pytree(product)[0].astype(dtype)
 
     def orthogonalise(w: jax.Array, basis: jax.Array) -> jax.Array:
         # Twice, as Kahan's "twice is enough" for classical Gram-Schmidt.
@@ -171,8 +179,10 @@ def hessian_eigenvalues(
         # v_0 … v_j only.
         w = orthogonalise(w, basis)
         beta = jnp.linalg.norm(w)
-        scale = jnp.maximum(jnp.max(jnp.abs(alphas)), jnp.abs(alpha))
-        broke = beta <= 100 * jnp.finfo(dtype).eps * jnp.maximum(scale, 1.0)
+        # ‖T‖ estimated from the tridiagonal so far: relative, so that a
+        # Hessian scaled by 1e-7 breaks down exactly where the unscaled does.
+        scale = jnp.max(jnp.abs(jnp.concatenate([alphas, betas, alpha[None]])))
+        broke = beta <= 100 * jnp.finfo(dtype).eps * scale
         nxt = jnp.where(
             broke, fresh(keys[j + 1], basis), w / jnp.where(broke, 1.0, beta)
         )
@@ -349,9 +359,12 @@ def loss_landscape(
     key = jax.random.key(0) if key is None else key
     keys = jax.random.split(key, directions)
     dirs = tuple(filter_normalized_direction(k, params) for k in keys)
-    leaves = jax.tree.leaves(params)
-    dtype = leaves[0].dtype if leaves else jnp.float32
-    grid = jnp.linspace(-radius, radius, num_points, dtype=dtype)
+    # The grid in at least float32 whatever the leaves (a bfloat16 grid is
+    # not even uniform), symmetric, with the origin exactly on it for an odd
+    # num_points; each leaf is moved in its own dtype.
+    dtype = accumulation_dtype(params)
+    steps = 2 * jnp.arange(num_points, dtype=dtype) - (num_points - 1)
+    grid = radius * (steps / (num_points - 1))
     if directions == 1:
         coefficients = grid[:, None]
     else:

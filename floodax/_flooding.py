@@ -328,8 +328,15 @@ def flood(
     ``axis_name`` unset.
 
     Inside ``optax.MultiSteps`` the decision is made on the ``value`` passed
-    with the call that applies the accumulated gradient; pass the mean loss
-    of the accumulated micro-batches there to flood the large batch.
+    with the call that applies the accumulated gradient, the last
+    micro-batch's loss; :func:`multi_steps` passes the mean loss of the
+    accumulated micro-batches instead, which floods the large batch.
+
+    ``optax.inject_hyperparams`` casts injected numbers to the parameters'
+    dtype unless told otherwise: with bfloat16 parameters ``b = 0.28`` becomes
+    0.279296875, and a loss of 0.2795 then descends where ``flood(0.28)``
+    ascends. Keep the level in float32 with
+    ``optax.inject_hyperparams(floodax.flood, hyperparam_dtype=jnp.float32)``.
 
     Args:
       flood_level: the flood level ``b >= 0``: a number, a (possibly traced)

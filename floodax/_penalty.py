@@ -15,6 +15,7 @@ from floodax._validation import (
     check_matching_trees,
     check_scalar_hyperparam,
     check_value_fn_params,
+    highest_dtype,
     is_traced,
     require_params,
 )
@@ -32,7 +33,7 @@ def accumulation_dtype(tree: chex.ArrayTree) -> Any:
     A float16 sum of squares overflows once the norm passes 256; float64
     trees keep float64.
     """
-    return jnp.promote_types(optax.tree.dtype(tree, "highest"), jnp.float32)
+    return jnp.promote_types(highest_dtype(tree), jnp.float32)
 
 
 def squared_norm(tree: chex.ArrayTree) -> jax.Array:
@@ -83,7 +84,11 @@ def _check_power(power: Any) -> None:
         power, int | np.integer | np.ndarray | jax.Array
     ):
         raise ValueError(message)
-    if np.shape(power) != () or int(np.asarray(power)) not in POWERS:
+    # An array must hold an integer: int() of 2.7 would silently be 2.
+    array = np.asarray(power)
+    if array.shape != () or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(message)
+    if int(array) not in POWERS:
         raise ValueError(message)
 
 

@@ -14,10 +14,12 @@ class FloodLevelSuggestion(NamedTuple):
 
     Attributes:
       flood_level: ``fraction`` × the training loss at ``epoch``.
-      epoch: the epoch where the validation loss starts to rise (the last
-        epoch if it never does).
-      validation_loss_rises: whether it rises at all; if not, the run shows
-        no overfitting and flooding may not be needed.
+      epoch: the epoch where the validation loss stops improving: the first
+        epoch not beaten during the next ``patience`` epochs (it rises or
+        stays flat after it); the last epoch if there is none.
+      validation_loss_rises: whether such an epoch was found before the end;
+        if not, the run shows no overfitting and flooding may not be needed.
+        A curve that is flat from the start counts as stopping at epoch 0.
 
     Examples:
       >>> import floodax

@@ -30,7 +30,11 @@ import optax
 
 from floodax._alternate import alternate
 from floodax._penalty import grad_norm_penalty, squared_norm
-from floodax._validation import check_rate_order, check_scalar_hyperparam
+from floodax._validation import (
+    check_rate_order,
+    check_scalar_hyperparam,
+    highest_dtype,
+)
 
 
 class EquivalentPenalty(NamedTuple):
@@ -267,7 +271,7 @@ ROUNDING_ULPS = 8
 
 
 def _rounding_level(params: chex.ArrayTree, endpoints: list) -> tuple[float, Any]:
-    dtype = optax.tree.dtype(params, "highest")
+    dtype = highest_dtype(params)
     scale = max(
         [float(jnp.sqrt(squared_norm(params)))]
         + [float(jnp.sqrt(squared_norm(e))) for e in endpoints]
@@ -658,7 +662,7 @@ def flow_order(
     check_scalar_hyperparam("substeps", substeps, positive=True)
     descent_rates = largest_rate * shrink ** np.arange(num_rates)
     ascent_rates = ratio * descent_rates
-    dtype = optax.tree.dtype(params, "highest")
+    dtype = highest_dtype(params)
     endpoints = functools.partial(
         _flow_endpoints, ascent_first=ascent_first, substeps=substeps
     )

@@ -19,6 +19,16 @@ import numpy as np
 import optax
 
 
+def highest_dtype(tree: Any) -> Any:
+    """The dtype every leaf of ``tree`` promotes to (float16 with bfloat16 is
+    float32; ``optax.tree.dtype(tree, "highest")`` cannot compare those two);
+    float32 for a tree without leaves."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.dtype(jnp.float32)
+    return jnp.result_type(*(jnp.asarray(leaf).dtype for leaf in leaves))
+
+
 def is_traced(x: Any) -> bool:
     """Whether ``x`` is an abstract value inside a JAX transformation."""
     return isinstance(x, jax.core.Tracer)
@@ -242,20 +252,27 @@ def check_rate_order(
     )
 
 
+def check_count(name: str, value: Any, fix: str = "") -> None:
+    """Raises unless ``value`` is a (possibly traced) scalar integer ``>= 1``;
+    a traced value is checked for its type only."""
+    is_integer = (
+        not isinstance(value, bool | np.bool_)
+        and isinstance(value, int | np.integer | np.ndarray | jax.Array)
+        and jnp.issubdtype(jnp.result_type(value), jnp.integer)
+        and np.shape(value) == ()
+    )
+    if not is_integer or (not is_traced(value) and int(value) < 1):
+        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}{fix}.")
+
+
 def check_interval(interval: Any) -> None:
     """Raises unless ``interval`` is a (possibly traced) integer ``>= 1``."""
-    fix = (
+    check_count(
+        "interval",
+        interval,
         ": `interval=1` alternates on every step, `interval=n` takes one pair "
-        "then n - 1 plain descent steps"
+        "then n - 1 plain descent steps",
     )
-    is_integer = (
-        not isinstance(interval, bool | np.bool_)
-        and isinstance(interval, int | np.integer | np.ndarray | jax.Array)
-        and jnp.issubdtype(jnp.result_type(interval), jnp.integer)
-        and np.shape(interval) == ()
-    )
-    if not is_integer or (not is_traced(interval) and int(interval) < 1):
-        raise ValueError(f"`interval` must be an integer >= 1, got {interval!r}{fix}.")
 
 
 def check_matching_trees(updates: Any, params: Any, transform: str) -> None:

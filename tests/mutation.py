@@ -69,6 +69,7 @@ TESTS = {
         "tests/test_bad_input.py",
         "tests/test_alternate.py",
         "tests/test_meta_gradients.py",
+        "tests/test_mixed_precision.py",
         "tests/test_properties.py",
         "tests/test_checkpoint.py",
     ],

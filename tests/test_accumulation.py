@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -178,3 +179,76 @@ def test_checkpoint_mid_accumulation_resumes_bitwise(tmp_path):
     rest, _ = run(restored, values[4:])
     for a, b in zip(first + rest, uninterrupted, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _micro_batches():
+    kx, kw = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(kx, (8, 3))
+    y = jnp.sin(x[:, 0])
+    params = {"w": jax.random.normal(kw, (3,)) / 2, "b": jnp.asarray(0.1)}
+
+    def loss(p, xb, yb):
+        return jnp.mean((jnp.tanh(xb @ p["w"] + p["b"]) - yb) ** 2)
+
+    return params, loss, [(x[:4], y[:4]), (x[4:], y[4:])]
+
+
+def _flat_hessian(f, params):
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    return flat, unravel, jax.hessian(lambda v: f(unravel(v)))(flat)
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("method", ["exact", "finite_difference"])
+def test_a_micro_batch_value_fn_never_reaches_a_penalty_inside(method):
+    # Inside multi_steps the penalty would see the mean gradient of both
+    # micro-batches and the last one's loss: refused, at the first call.
+    params, loss, batches = _micro_batches()
+    strength = 0.05
+    inner = optax.chain(
+        floodax.add_grad_norm_penalty(strength, method=method), optax.sgd(1.0)
+    )
+    tx = floodax.multi_steps(inner, 2, accumulator_dtype="float64")
+    (xb, yb) = batches[0]
+    grads = jax.grad(loss)(params, xb, yb)
+    with pytest.raises(TypeError, match="the loss of one micro-batch"):
+        tx.update(grads, tx.init(params), params, value_fn=lambda p: loss(p, xb, yb))
+
+    # With the large batch's value_fn, declared, the step is the large
+    # batch's penalised gradient g + 2λ·H·g exactly (the finite difference to
+    # its O(r) accuracy).
+    full_x = jnp.concatenate([b[0] for b in batches])
+    full_y = jnp.concatenate([b[1] for b in batches])
+    full = lambda p: loss(p, full_x, full_y)  # noqa: E731
+    declared = floodax.multi_steps(
+        inner, 2, accumulator_dtype="float64", value_fn_is_large_batch=True
+    )
+    state = declared.init(params)
+    for xb, yb in batches:
+        updates, state = declared.update(
+            jax.grad(loss)(params, xb, yb), state, params, value_fn=full
+        )
+    _, unravel, hessian = _flat_hessian(full, params)
+    g = jax.flatten_util.ravel_pytree(jax.grad(full)(params))[0]
+    expected = unravel(-(g + 2 * strength * hessian @ g))
+    assert_trees_allclose(updates, expected, rtol=1e-12 if method == "exact" else 1e-6)
+
+
+@pytest.mark.usefixtures("x64")
+def test_penalty_before_the_accumulation_penalises_each_micro_batch():
+    params, loss, batches = _micro_batches()
+    strength = 0.05
+    tx = optax.chain(
+        floodax.add_grad_norm_penalty(strength),
+        floodax.multi_steps(optax.sgd(1.0), 2, accumulator_dtype="float64"),
+    )
+    state = tx.init(params)
+    expected = 0.0
+    for xb, yb in batches:
+        f = lambda p, xb=xb, yb=yb: loss(p, xb, yb)  # noqa: E731
+        updates, state = tx.update(jax.grad(f)(params), state, params, value_fn=f)
+        _, _, hessian = _flat_hessian(f, params)
+        g = jax.flatten_util.ravel_pytree(jax.grad(f)(params))[0]
+        expected = expected + (g + 2 * strength * hessian @ g) / len(batches)
+    unravel = jax.flatten_util.ravel_pytree(params)[1]
+    assert_trees_allclose(updates, unravel(-expected), rtol=1e-12)

@@ -8,6 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -223,10 +224,56 @@ CASES = {
         r"`descent_rate` \(0.075\) must be at least `ascent_rate` \(0.1\).*"
         r"schedule.*at cycle 3",
     ),
+    "bad `multi_steps` argument": (
+        [
+            lambda: floodax.multi_steps(optax.sgd(0.1), 0),
+            lambda: floodax.multi_steps(optax.sgd(0.1), 2.0),
+            lambda: floodax.multi_steps(optax.sgd(0.1), 2, accumulator_dtype="int32"),
+        ],
+        ValueError,
+        r"`every_k_schedule` must be an integer >= 1|"
+        r"`accumulator_dtype` must be a floating-point dtype",
+    ),
+    "a micro-batch's `value_fn` inside `multi_steps`": (
+        [
+            lambda: _update(
+                floodax.multi_steps(
+                    optax.chain(floodax.add_grad_norm_penalty(0.1), optax.sgd(0.1)), 2
+                ),
+                G,
+                value_fn=LOSS_FN,
+            ),
+        ],
+        TypeError,
+        r"floodax.multi_steps: a transformation inside `inner` called `value_fn`, "
+        r"the loss of one micro-batch.*before the accumulation",
+    ),
+    "bad AdaFlood input": (
+        [
+            lambda: floodax.adaflood_levels(G, gamma=1.0),
+            lambda: floodax.adaflood_levels(jnp.array([0.1, jnp.inf])),
+        ],
+        ValueError,
+        r"`gamma` must lie in \[0, 1\)|`aux_losses` must be finite",
+    ),
+    "bad diagnostics input": (
+        [
+            lambda: floodax.hessian_eigenvalues(LOSS_FN, jnp.ones(3), k=4),
+            lambda: floodax.hessian_eigenvalues(lambda w: w**2, jnp.ones(3)),
+            lambda: floodax.loss_landscape(LOSS_FN, jnp.ones(3), directions=3),
+        ],
+        ValueError,
+        r"`k` \(4\) must be at most the number of parameters \(3\)|"
+        r"`loss_fn` must return a scalar floating-point loss|"
+        r"`directions` must be 1 or 2",
+    ),
     "bad `power` or `hvp`": (
         [
             lambda: floodax.add_grad_norm_penalty(0.1, power=3),
             lambda: floodax.grad_norm_penalty(LOSS_FN, 0.1, power=0.5),
+            # int() of a float array would truncate 2.7 to 2.
+            lambda: floodax.grad_norm_penalty(LOSS_FN, 0.1, power=np.array(2.7)),
+            lambda: floodax.add_grad_norm_penalty(0.1, power=jnp.array(1.5)),
             lambda: floodax.add_grad_norm_penalty(0.1, hvp="fast"),
         ],
         ValueError,

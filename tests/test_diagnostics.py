@@ -197,3 +197,88 @@ def test_landscape_is_the_loss_along_the_directions(mlp, directions):
         assert land.losses.shape == (5, 5)
         flat = [ravel_pytree(d)[0] for d in dirs]
         assert abs(float(flat[0] @ flat[1])) < float(flat[0] @ flat[0])  # distinct
+
+
+def _tanh_model(dtype):
+    k1, k2, k3 = jax.random.split(jax.random.key(7), 3)
+    params = {
+        "w": jax.random.normal(k1, (3, 3), jnp.float32).astype(dtype),
+        "v": jax.random.normal(k2, (3,), jnp.float32).astype(dtype),
+    }
+    x = jax.random.normal(k3, (10, 3), jnp.float32)
+
+    def loss(p, scale=1.0):
+        out = jnp.tanh(x.astype(p["w"].dtype) @ p["w"]) @ p["v"]
+        return scale * jnp.mean(out.astype(jnp.float32) ** 2)
+
+    return params, loss
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_eigenvalues_do_not_depend_on_the_scale_of_the_loss(which):
+    # A float32 spectrum of order 1e-7 (a near-zero loss): Lanczos must not
+    # take every step for a breakdown (an absolute threshold did, and
+    # returned values far from the true ones).
+    params, loss = _tanh_model(jnp.float32)
+    values, _, _ = _dense_spectrum(
+        lambda p: loss(p), jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    )
+    expected = values[::-1][:3] if which == "largest" else values[:2]
+    k = len(expected)
+    for scale in (1.0, 1e-7):
+        out = floodax.hessian_eigenvalues(
+            functools.partial(loss, scale=scale),
+            params,
+            k=k,
+            which=which,
+            num_iterations=12,
+        )
+        assert out.eigenvalues.dtype == jnp.float32
+        np.testing.assert_allclose(out.eigenvalues / scale, expected, rtol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_low_precision_parameters_are_diagnosed_in_float32(dtype):
+    params, loss = _tanh_model(dtype)
+    wide = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    values, _, _ = _dense_spectrum(loss, wide)
+    out = floodax.hessian_eigenvalues(loss, params, k=2, num_iterations=12)
+    assert out.eigenvalues.dtype == jnp.float32
+    # The Hessian-vector products run in the parameters' precision.
+    np.testing.assert_allclose(out.eigenvalues, values[::-1][:2], rtol=0.05)
+    # A tree mixing float16 and bfloat16 (optax.tree.dtype cannot compare the
+    # two) has a float32 gradient norm and penalty.
+    mixed = {
+        "w": params["w"].astype(jnp.float16),
+        "v": params["v"].astype(jnp.bfloat16),
+    }
+    norm = floodax.grad_norm(loss, mixed)
+    assert norm.dtype == jnp.float32
+    np.testing.assert_allclose(norm, floodax.grad_norm(loss, wide), rtol=0.02)
+    penalised = floodax.grad_norm_penalty(loss, 0.1)(mixed)
+    assert np.isfinite(float(penalised))
+    tx = floodax.add_grad_norm_penalty(0.1)
+    grads = jax.grad(loss)(mixed)
+    updates, _ = tx.update(grads, tx.init(mixed), mixed, value_fn=loss)
+    assert {k: u.dtype for k, u in updates.items()} == {
+        "w": jnp.float16,
+        "v": jnp.bfloat16,
+    }
+
+
+def test_landscape_grid_is_uniform_whatever_the_first_leaf():
+    # The grid once took the first leaf's dtype: bfloat16 made it
+    # non-uniform (±0.3008 for radius 0.3) and moved float32 leaves by the
+    # rounded coefficients.
+    params, loss = _tanh_model(jnp.float32)
+    params = {"a": params["w"].astype(jnp.bfloat16), "v": params["v"]}
+    land = floodax.loss_landscape(
+        lambda p: loss({"w": p["a"], "v": p["v"]}), params, radius=0.3, num_points=7
+    )
+    assert land.alphas.dtype == jnp.float32
+    np.testing.assert_allclose(land.alphas, np.linspace(-0.3, 0.3, 7), rtol=1e-7)
+    # Symmetric, and the origin exactly on the grid: there the loss is L(θ).
+    np.testing.assert_array_equal(land.alphas, -land.alphas[::-1])
+    assert land.alphas[3] == 0 and land.losses[3] == loss(
+        {"w": params["a"], "v": params["v"]}
+    )

@@ -432,6 +432,30 @@ def test_flood_does_not_recompile():
     assert fn.traces == 1
 
 
+def test_inject_hyperparams_with_low_precision_params_keeps_a_float32_level():
+    # optax casts injected numbers to the parameters' dtype: in bfloat16,
+    # b = 0.28 is 0.279296875 and a float32 loss of 0.2795 descends, where
+    # flood(0.28) ascends. hyperparam_dtype=jnp.float32 (README, flood's
+    # docstring) keeps the two alike.
+    params = jnp.ones(2, jnp.bfloat16)
+    loss = jnp.float32(0.2795)
+
+    def first_update(tx):
+        return tx.update(params, tx.init(params), params, value=loss)[0]
+
+    plain = first_update(floodax.flood(0.28))
+    np.testing.assert_array_equal(np.asarray(plain, np.float32), -1.0)  # ascent
+    rounded = first_update(optax.inject_hyperparams(floodax.flood)(flood_level=0.28))
+    np.testing.assert_array_equal(np.asarray(rounded, np.float32), 1.0)
+    kept = first_update(
+        optax.inject_hyperparams(floodax.flood, hyperparam_dtype=jnp.float32)(
+            flood_level=0.28
+        )
+    )
+    np.testing.assert_array_equal(kept, plain)
+    assert kept.dtype == jnp.bfloat16
+
+
 def test_inject_hyperparams_identical_and_no_recompile():
     params = jnp.array([0.5, -1.0, 2.0])
     loss_fn = lambda p: jnp.sum(p**2)  # noqa: E731
