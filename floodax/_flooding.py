@@ -263,8 +263,12 @@ def iflooded(
         weight = jnp.where(mask, weight, jnp.zeros((), accumulate))
     total, count = jnp.sum(weight * terms), jnp.sum(weight)
     if axis_name is not None:
-        total, count = axis_reduce(
-            jax.lax.psum, (total, count), axis_name, "floodax.iflooded"
+        # One psum each: jax 0.8.0 fails an internal assertion when it
+        # differentiates a tuple psum whose second entry (the count) has no
+        # tangent.
+        total, count = (
+            axis_reduce(jax.lax.psum, x, axis_name, "floodax.iflooded")
+            for x in (total, count)
         )
     return (total / count).astype(losses.dtype)
 
