@@ -209,11 +209,7 @@ def main() -> None:
             "validation accuracy, ties to the lower validation loss; the paired "
             "difference is flooding (b on clean validation) minus baseline, per "
             "seed."
-            + (
-                f" Left out for time: {', '.join(args.skip)}."
-                if args.skip
-                else ""
-            ),
+            + (f" Left out for time: {', '.join(args.skip)}." if args.skip else ""),
             "",
             table,
             "",

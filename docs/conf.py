@@ -13,11 +13,11 @@ import sys
 
 sys.path.insert(0, os.path.abspath("ext"))
 
-import floodax  # noqa: E402
+import floodax
 
 project = "floodax"
 author = "The floodax authors"
-copyright = "2026, the floodax authors"  # noqa: A001
+copyright = "2026, the floodax authors"
 release = floodax.__version__
 version = floodax.__version__
 
