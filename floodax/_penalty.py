@@ -315,8 +315,8 @@ def add_grad_norm_penalty(
         or ``"reverse_over_reverse"``. On a 2-core CPU
         (benchmarks/bench_step.py) the default was within 9 % of the
         cheapest route on MLPs of width 128 to 2048, where the forward-over-
-        reverse route runs up to 1.4× slower (its HLO transposes every
-        weight matrix), and 20 % behind the cheapest (``jax.linearize``) on
+        reverse route ran up to 1.4× slower (its HLO holds transposes and
+        copies that the default's does not), and 20 % behind the cheapest (``jax.linearize``) on
         a small CNN, where ``"forward_over_reverse"`` was 8 % behind it.
 
     Returns:
