@@ -316,8 +316,9 @@ def add_grad_norm_penalty(
         (benchmarks/bench_step.py) the default was within 9 % of the
         cheapest route on MLPs of width 128 to 2048, where the forward-over-
         reverse route ran up to 1.4× slower (its HLO holds transposes and
-        copies that the default's does not), and 20 % behind the cheapest (``jax.linearize``) on
-        a small CNN, where ``"forward_over_reverse"`` was 8 % behind it.
+        copies that the default's does not), and 20 % behind the cheapest
+        (``jax.linearize``) on a small CNN, where ``"forward_over_reverse"``
+        was 8 % behind it.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
