@@ -106,20 +106,21 @@ def check_values(
 ) -> None:
     """Raises unless every element of the concrete ``value`` is finite and
     non-negative (positive with ``positive=True``)."""
-    array = np.asarray(value)
+    given = np.asarray(value)
+    array = given
     if not np.issubdtype(array.dtype, np.floating):
         array = array.astype(np.float64)
 
     def describe(bad: np.ndarray) -> str:
-        # The element in its own dtype: float32(0.1) prints as 0.1.
-        text = str(bad.flat[0])
+        # The element in its own dtype: float32(0.1) prints as 0.1, int 0 as 0.
+        text = str(given[bad].flat[0])
         return text if array.ndim == 0 else f"{text} (an element of the array)"
 
-    bad = array[~np.isfinite(array)]
-    if bad.size:
+    bad = ~np.isfinite(array)
+    if bad.any():
         raise ValueError(f"`{name}` must be finite, got {describe(bad)}{fix}.")
-    bad = array[array <= 0] if positive else array[array < 0]
-    if bad.size:
+    bad = array <= 0 if positive else array < 0
+    if bad.any():
         word = "positive" if positive else "non-negative"
         raise ValueError(f"`{name}` must be {word}, got {describe(bad)}{fix}.")
 

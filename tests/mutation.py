@@ -16,8 +16,10 @@ Usage (from the repository root, in the test environment)::
     python tests/mutation.py --workers 2 --out mutation.json
     python tests/mutation.py --rerun mutation.json  # last run's survivors only
 
-It prints one line per mutant and a score (killed / all), and writes the
-survivors with their diffs to ``--out``.
+It first runs each module's tests on the unmutated code and stops if they
+fail (a failing test would count every mutant as killed). It prints one line
+per mutant and a score (killed / all), and writes the survivors with their
+diffs to ``--out``.
 """
 
 from __future__ import annotations
@@ -300,16 +302,12 @@ def _copy_repository(destination: Path) -> None:
     shutil.copytree(ROOT, destination, ignore=ignore)
 
 
-def run_mutant(
-    mutant: Mutant, workdir: Path, timeout: float, cache: Path
-) -> tuple[str, float]:
-    """``("killed" | "survived" | "timeout", seconds)`` for one mutant."""
-    target = workdir / mutant.path
-    original = (ROOT / mutant.path).read_text()
-    target.write_text(
-        original[: mutant.start] + mutant.mutated + original[mutant.end :]
-    )
-    tests = [t for t in TESTS.get(mutant.path, []) if (ROOT / t).exists()]
+def _run_tests(
+    path: str, workdir: Path, timeout: float, cache: Path
+) -> subprocess.CompletedProcess | None:
+    """Runs the doctests of ``path`` and the test files that exercise it in
+    ``workdir``; ``None`` when the run times out."""
+    tests = [t for t in TESTS.get(path, []) if (ROOT / t).exists()]
     command = [
         sys.executable,
         "-m",
@@ -321,7 +319,7 @@ def run_mutant(
         "-p",
         "no:randomly",
         "--doctest-modules",
-        mutant.path,
+        path,
         *tests,
     ]
     # A shared compilation cache: unchanged functions are not recompiled for
@@ -333,21 +331,52 @@ def run_mutant(
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
     }
-    start = time.perf_counter()
     try:
-        result = subprocess.run(
+        return subprocess.run(
             command,
             cwd=workdir,
             env=env,
             capture_output=True,
+            text=True,
             timeout=timeout,
             check=False,
         )
-        verdict = "survived" if result.returncode == 0 else "killed"
     except subprocess.TimeoutExpired:
-        verdict = "timeout"
+        return None
+
+
+def check_baseline(paths: list[str], workdir: Path, timeout: float, cache: Path) -> None:
+    """Exits unless every module's tests pass on the unmutated code: a test
+    that already fails would count every mutant of that module as killed."""
+    for path in paths:
+        result = _run_tests(path, workdir, timeout, cache)
+        if result is None or result.returncode != 0:
+            output = "timed out" if result is None else result.stdout[-3000:]
+            sys.exit(
+                f"{path}: its tests fail on the unmutated code, so no mutant of "
+                f"it can be scored. Fix them first.\n{output}"
+            )
+        print(f"baseline: the tests of {path} pass unmutated", flush=True)
+
+
+def run_mutant(
+    mutant: Mutant, workdir: Path, timeout: float, cache: Path
+) -> tuple[str, float]:
+    """``("killed" | "survived" | "timeout", seconds)`` for one mutant."""
+    target = workdir / mutant.path
+    original = (ROOT / mutant.path).read_text()
+    target.write_text(
+        original[: mutant.start] + mutant.mutated + original[mutant.end :]
+    )
+    start = time.perf_counter()
+    try:
+        result = _run_tests(mutant.path, workdir, timeout, cache)
     finally:
         target.write_text(original)
+    if result is None:
+        verdict = "timeout"
+    else:
+        verdict = "survived" if result.returncode == 0 else "killed"
     return verdict, time.perf_counter() - start
 
 
@@ -391,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.workers):
             workdirs.append(Path(scratch) / f"repo{i}")
             _copy_repository(workdirs[-1])
+        check_baseline(
+            sorted({m.path for m in mutants}),
+            workdirs[0],
+            args.timeout,
+            Path(scratch) / "jax-cache",
+        )
         results: list[tuple[Mutant, str, float]] = []
         with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
             free = list(workdirs)

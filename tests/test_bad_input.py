@@ -154,7 +154,7 @@ CASES = {
             )
         ],
         ValueError,
-        r"`radius` must be positive, got 0\.0",
+        r"`radius` must be positive, got 0\.$",
     ),
     "mismatched pytrees": (
         [

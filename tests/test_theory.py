@@ -56,6 +56,15 @@ def test_theory_bad_input():
         floodax.equivalence_order(mlp_loss, {}, ratio=-0.1)
     with pytest.raises(ValueError, match="`num_rates` must be an int >= 2"):
         floodax.flow_order(mlp_loss, {}, num_rates=True)
+    # Each check names its own argument (not a later one that happens to
+    # fail on the same value), and shows an integer as the integer it is.
+    for order in (floodax.equivalence_order, floodax.flow_order):
+        with pytest.raises(ValueError, match="`largest_rate` must be positive, got 0.0"):
+            order(mlp_loss, {}, largest_rate=0.0)
+    with pytest.raises(ValueError, match=r"`substeps` must be positive, got 0\.$"):
+        floodax.flow_order(mlp_loss, {}, substeps=0)
+    with pytest.raises(ValueError, match=r"`substeps` must be positive, got 0\.$"):
+        floodax.check_modified_flow(mlp_loss, {}, 0.1, substeps=0)
 
 
 def _same(a, b):
@@ -87,6 +96,15 @@ def test_checks_use_their_documented_defaults(mlp):
     np.testing.assert_allclose(flow.descent_rates, ladder, rtol=1e-15)
     np.testing.assert_array_equal(flow.ascent_rates, 0.0)
     assert _same(flow, floodax.flow_order(mlp_loss, params, x, y, substeps=200))
+    # With ε2 = 0 the order of the steps cannot matter; with ε2 > 0 it does,
+    # and the default is descent first.
+    pair = functools.partial(
+        floodax.flow_order, mlp_loss, params, x, y, ratio=0.5, num_rates=2, substeps=20
+    )
+    assert _same(pair(), pair(ascent_first=False))
+    assert not np.array_equal(
+        pair().derivation_errors, pair(ascent_first=True).derivation_errors
+    )
 
     single = floodax.check_modified_flow(mlp_loss, params, 0.1, 0.05, x, y)
     assert _same(
