@@ -115,7 +115,9 @@ def multi_steps(
         neither the gradient nor the loss.
       accumulator_dtype: dtype of the accumulated gradients and loss; float32
         by default, as optax accumulates (pass float64 under ``jax_enable_x64``
-        for bit-level comparisons). Give it as a string under
+        for bit-level comparisons; ``None``, optax's "default float dtype",
+        is refused: it breaks optax's update for any other parameter dtype).
+        Give it as a string under
         ``optax.inject_hyperparams``, which takes any callable, ``jnp.float32``
         included, for a schedule.
       value_fn_is_large_batch: let transformations inside ``inner`` call the
@@ -149,13 +151,21 @@ def multi_steps(
             ": the number of micro-batches per update (or a schedule of the "
             "update count)",
         )
-    if accumulator_dtype is not None and not jnp.issubdtype(
-        jnp.dtype(accumulator_dtype), jnp.floating
-    ):
+    if accumulator_dtype is None:
+        # optax.MultiSteps casts the accumulator with jnp.astype(·, None),
+        # the default float dtype, so None fails inside its lax.cond for
+        # bfloat16 parameters, or float32 ones under jax_enable_x64.
         raise ValueError(
-            f"`accumulator_dtype` must be a floating-point dtype (or None for the "
-            f"parameters' dtype), got {accumulator_dtype!r}: an integer "
-            "accumulator would truncate the gradients and the losses."
+            "`accumulator_dtype` must be a floating-point dtype, got None: "
+            "optax.MultiSteps would cast the accumulator to the default float "
+            "dtype, which fails for parameters of any other dtype. Pass the "
+            "dtype (e.g. 'float32', or the parameters' own)."
+        )
+    if not jnp.issubdtype(jnp.dtype(accumulator_dtype), jnp.floating):
+        raise ValueError(
+            f"`accumulator_dtype` must be a floating-point dtype, got "
+            f"{accumulator_dtype!r}: an integer accumulator would truncate the "
+            "gradients and the losses."
         )
     schedule = (
         every_k_schedule if callable(every_k_schedule) else (lambda _: every_k_schedule)

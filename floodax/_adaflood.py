@@ -138,9 +138,7 @@ def adaflood_levels(
 
 def _check_shift(shift: Any) -> None:
     """``β`` may be negative; it must be a finite real scalar."""
-    if callable(shift):
-        raise TypeError("`shift` must be a number or a scalar array.")
-    as_real_array("shift", shift)
+    as_real_array("shift", shift)  # names `shift` for callables and strings too
     if np.shape(shift) != ():
         raise ValueError(f"`shift` must be a scalar, got shape {np.shape(shift)}.")
     if not is_traced(shift) and not np.isfinite(float(np.asarray(shift))):

@@ -78,7 +78,10 @@ TESTS = {
     "floodax/_theory.py": ["tests/test_bad_input.py", "tests/test_theory.py"],
     "floodax/_suggest.py": ["tests/test_bad_input.py", "tests/test_suggest.py"],
     "floodax/_adaflood.py": ["tests/test_adaflood.py", "tests/test_bad_input.py"],
-    "floodax/_accumulation.py": ["tests/test_accumulation.py"],
+    "floodax/_accumulation.py": [
+        "tests/test_accumulation.py",
+        "tests/test_bad_input.py",
+    ],
     "floodax/_diagnostics.py": ["tests/test_diagnostics.py"],
     "floodax/_stats.py": ["tests/test_integrations.py"],
 }
@@ -345,7 +348,9 @@ def _run_tests(
         return None
 
 
-def check_baseline(paths: list[str], workdir: Path, timeout: float, cache: Path) -> None:
+def check_baseline(
+    paths: list[str], workdir: Path, timeout: float, cache: Path
+) -> None:
     """Exits unless every module's tests pass on the unmutated code: a test
     that already fails would count every mutant of that module as killed."""
     for path in paths:
@@ -364,7 +369,11 @@ def run_mutant(
 ) -> tuple[str, float]:
     """``("killed" | "survived" | "timeout", seconds)`` for one mutant."""
     target = workdir / mutant.path
-    original = (ROOT / mutant.path).read_text()
+    # The scratch copy's text, the one the mutants were found in: the
+    # working tree may change while a long run goes on.
+    original = target.read_text()
+    if original[mutant.start : mutant.end] != mutant.original:
+        raise RuntimeError(f"{mutant.path}:{mutant.line}: the source changed")
     target.write_text(
         original[: mutant.start] + mutant.mutated + original[mutant.end :]
     )

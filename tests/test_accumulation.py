@@ -94,6 +94,41 @@ def test_mean_resets_after_each_update_and_counts_schedules():
     assert float(state.value_mean) == 0.0
 
 
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize(
+    "value_dtype, accumulator_dtype",
+    [
+        (jnp.float16, jnp.float32),
+        (jnp.float64, jnp.float32),
+        (jnp.float32, jnp.float64),
+    ],
+)
+def test_the_inner_sees_the_value_dtype_and_the_mean_keeps_its_own(
+    value_dtype, accumulator_dtype
+):
+    # The running mean lives in the accumulator's dtype whatever the losses'
+    # dtype (a state that changed dtype would break a lax.scan carry or a
+    # checkpoint), and the inner transformation gets the mean back in the
+    # dtype the caller's losses have.
+    seen = []
+
+    def inner_update(updates, state, params=None, *, value=None, **extra):
+        seen.append(value.dtype)
+        return updates, state
+
+    inner = optax.GradientTransformationExtraArgs(
+        lambda p: optax.EmptyState(), inner_update
+    )
+    tx = floodax.multi_steps(inner, 2, accumulator_dtype=accumulator_dtype)
+    g = jnp.ones(2, jnp.float32)
+    state = tx.init(g)
+    mean_dtype = state.value_mean.dtype
+    for v in (0.9, 0.2):
+        _, state = tx.update(g, state, value=jnp.asarray(v, value_dtype))
+        assert state.value_mean.dtype == mean_dtype
+    assert seen and all(d == value_dtype for d in seen)
+
+
 def test_a_skipped_micro_batch_counts_towards_neither_gradient_nor_loss():
     tx = floodax.multi_steps(
         optax.chain(floodax.flood(0.5), optax.sgd(1.0)),

@@ -150,6 +150,13 @@ def test_levels_are_traceable_and_sweepable_without_recompiling():
     assert (
         floodax.adaflood_levels(aux.astype(jnp.float32), gamma=0.5).dtype == jnp.float32
     )
+    # Hyperparameters given as float64 arrays do not promote float32 levels.
+    wide = {
+        "gamma": jnp.float64(0.5),
+        "scale": jnp.float64(2.0),
+        "shift": jnp.float64(0.1),
+    }
+    assert floodax.adaflood_levels(aux.astype(jnp.float32), **wide).dtype == jnp.float32
 
 
 @pytest.mark.parametrize(
@@ -161,6 +168,12 @@ def test_levels_are_traceable_and_sweepable_without_recompiling():
         ({"scale": float("nan")}, ValueError, "`scale` must be finite"),
         ({"shift": -5.0}, ValueError, r"`scale`·aux_losses \+ `shift` must be"),
         ({"shift": float("inf")}, ValueError, "`shift` must be finite"),
+        (
+            {"shift": jnp.array([0.1, 0.2])},
+            ValueError,
+            r"`shift` must be a scalar, got shape \(2,\)",
+        ),
+        ({"shift": lambda n: 0.1}, TypeError, "`shift` must be a real number"),
     ],
 )
 def test_bad_hyperparameters(kwargs, error, match):

@@ -229,6 +229,9 @@ CASES = {
             lambda: floodax.multi_steps(optax.sgd(0.1), 0),
             lambda: floodax.multi_steps(optax.sgd(0.1), 2.0),
             lambda: floodax.multi_steps(optax.sgd(0.1), 2, accumulator_dtype="int32"),
+            # None is optax's "default float dtype", which breaks its lax.cond
+            # for bfloat16 parameters: an error here, not at the first update.
+            lambda: floodax.multi_steps(optax.sgd(0.1), 2, accumulator_dtype=None),
         ],
         ValueError,
         r"`every_k_schedule` must be an integer >= 1|"

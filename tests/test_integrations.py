@@ -151,6 +151,13 @@ def test_flood_stats_finds_the_state_anywhere():
         assert int(stats["ascent_count"]) == 2, name
         np.testing.assert_allclose(stats["ascent_share"], 2 / 3, rtol=1e-6)
         assert ("flood_level" in stats) == (name == "injected")
+        # A fresh state has no steps: a share of 0, not 0/0. A state read
+        # back to the host (a checkpoint) gives JAX arrays all the same.
+        fresh = floodax.flood_stats(tx.init(params))
+        assert float(fresh["ascent_share"]) == 0.0, name
+        host = floodax.flood_stats(jax.device_get(state))
+        assert all(isinstance(v, jax.Array) for v in host.values()), name
+        assert int(host["ascent_count"]) == 2, name
     with pytest.raises(ValueError, match=r"holds no floodax\.flood state"):
         floodax.flood_stats(optax.sgd(0.1).init(g))
     two = optax.chain(floodax.flood(0.5), floodax.flood(0.1))

@@ -59,7 +59,9 @@ def test_theory_bad_input():
     # Each check names its own argument (not a later one that happens to
     # fail on the same value), and shows an integer as the integer it is.
     for order in (floodax.equivalence_order, floodax.flow_order):
-        with pytest.raises(ValueError, match="`largest_rate` must be positive, got 0.0"):
+        with pytest.raises(
+            ValueError, match=r"`largest_rate` must be positive, got 0\.0"
+        ):
             order(mlp_loss, {}, largest_rate=0.0)
     with pytest.raises(ValueError, match=r"`substeps` must be positive, got 0\.$"):
         floodax.flow_order(mlp_loss, {}, substeps=0)
