@@ -108,9 +108,9 @@ def adaflood_levels(
     for name, value in (("gamma", gamma), ("scale", scale)):
         check_scalar_hyperparam(name, value)
     _check_shift(shift)
-    if not is_traced(gamma) and not float(np.asarray(gamma)) < 1.0:
+    if not is_traced(gamma) and not float(gamma) < 1.0:
         raise ValueError(
-            f"`gamma` must lie in [0, 1), got {float(np.asarray(gamma))}: at γ = 1 "
+            f"`gamma` must lie in [0, 1), got {float(gamma)}: at γ = 1 "
             "every level is 0 (no flooding); use flooding without levels instead."
         )
     if not is_traced(aux_losses):
@@ -141,5 +141,5 @@ def _check_shift(shift: Any) -> None:
     as_real_array("shift", shift)  # names `shift` for callables and strings too
     if np.shape(shift) != ():
         raise ValueError(f"`shift` must be a scalar, got shape {np.shape(shift)}.")
-    if not is_traced(shift) and not np.isfinite(float(np.asarray(shift))):
-        raise ValueError(f"`shift` must be finite, got {float(np.asarray(shift))}.")
+    if not is_traced(shift) and not np.isfinite(float(shift)):
+        raise ValueError(f"`shift` must be finite, got {float(shift)}.")

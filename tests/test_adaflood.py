@@ -167,6 +167,8 @@ def test_levels_are_traceable_and_sweepable_without_recompiling():
         ({"gamma": "0.5"}, TypeError, "`gamma` must be a real number"),
         ({"scale": float("nan")}, ValueError, "`scale` must be finite"),
         ({"shift": -5.0}, ValueError, r"`scale`·aux_losses \+ `shift` must be"),
+        # One negative level is enough to refuse.
+        ({"shift": -0.5}, ValueError, r"`scale`·aux_losses \+ `shift` must be"),
         ({"shift": float("inf")}, ValueError, "`shift` must be finite"),
         (
             {"shift": jnp.array([0.1, 0.2])},
@@ -179,6 +181,28 @@ def test_levels_are_traceable_and_sweepable_without_recompiling():
 def test_bad_hyperparameters(kwargs, error, match):
     with pytest.raises(error, match=match):
         floodax.adaflood_levels(jnp.array([0.1, 1.0]), **kwargs)
+
+
+def test_levels_stay_within_their_exact_bounds_in_float32():
+    # 0 <= b <= z exactly; unclipped, float32 rounding puts thousands of
+    # these levels an ulp above z (iflooded would then flood above the
+    # held-out loss itself).
+    z = jnp.asarray(np.logspace(-9, 0, 20001, endpoint=False), jnp.float32)
+    for gamma in (1e-3, 0.05, 0.3, 0.9):
+        levels = floodax.adaflood_levels(z, gamma=jnp.float32(gamma))
+        assert levels.dtype == jnp.float32
+        assert bool(jnp.all(levels <= z)) and bool(jnp.all(levels >= 0)), gamma
+
+
+def test_scale_and_shift_traced_one_at_a_time():
+    # Only the concrete one can be checked for negative levels; the traced
+    # one must not be turned into a Python float.
+    aux = jnp.array([0.1, 1.0])
+    by_scale = jax.jit(lambda a: floodax.adaflood_levels(aux, scale=a, shift=0.5))
+    by_shift = jax.jit(lambda b: floodax.adaflood_levels(aux, scale=2.0, shift=b))
+    expected = floodax.adaflood_levels(aux, scale=2.0, shift=0.5)
+    np.testing.assert_allclose(by_scale(2.0), expected, rtol=1e-12)
+    np.testing.assert_allclose(by_shift(0.5), expected, rtol=1e-12)
 
 
 def test_bad_aux_losses():
