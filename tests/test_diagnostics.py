@@ -135,6 +135,21 @@ def test_bad_input():
         floodax.loss_landscape(loss_fn, jnp.ones(3), radius=0.0)
     with pytest.raises(ValueError, match="`num_points` must be an integer >= 2"):
         floodax.loss_landscape(loss_fn, jnp.ones(3), num_points=1)
+    with pytest.raises(ValueError, match="`params` must be floating point, got int32"):
+        floodax.hessian_eigenvalues(lambda w: jnp.sum(w * 1.0), jnp.ones(3, jnp.int32))
+    with pytest.raises(ValueError, match="`k` must be an integer >= 1"):
+        floodax.hessian_eigenvalues(loss_fn, jnp.ones(3), k=0)
+
+
+def test_documented_defaults():
+    # Eigenvalues only unless asked; a landscape of 51 points.
+    loss_fn = lambda w: jnp.sum(w[0] ** 2 + 3.0 * w[1] ** 2)  # noqa: E731
+    w = jnp.ones(2, jnp.float32)
+    assert floodax.hessian_eigenvalues(loss_fn, w).eigenvectors is None
+    with_vectors = floodax.hessian_eigenvalues(loss_fn, w, return_eigenvectors=True)
+    assert with_vectors.eigenvectors.shape == (1, 2)
+    land = floodax.loss_landscape(loss_fn, w)
+    assert land.losses.shape == (51,) and land.betas is None
 
 
 def test_grad_norm_is_the_global_norm_and_finite_in_float16(mlp):
