@@ -139,6 +139,8 @@ def test_bad_input():
         floodax.hessian_eigenvalues(lambda w: jnp.sum(w * 1.0), jnp.ones(3, jnp.int32))
     with pytest.raises(ValueError, match="`k` must be an integer >= 1"):
         floodax.hessian_eigenvalues(loss_fn, jnp.ones(3), k=0)
+    with pytest.raises(ValueError, match="`batch_size` must be an integer >= 1"):
+        floodax.loss_landscape(loss_fn, jnp.ones(3), batch_size=0)
 
 
 def test_documented_defaults():
@@ -150,6 +152,8 @@ def test_documented_defaults():
     assert with_vectors.eigenvectors.shape == (1, 2)
     land = floodax.loss_landscape(loss_fn, w)
     assert land.losses.shape == (51,) and land.betas is None
+    # One direction is a pytree like params, not a tuple of one.
+    assert jax.tree.structure(land.directions) == jax.tree.structure(w)
 
 
 def test_grad_norm_is_the_global_norm_and_finite_in_float16(mlp):
