@@ -100,6 +100,65 @@ def test_repeated_eigenvalues_survive_a_lanczos_breakdown():
     np.testing.assert_allclose(low.eigenvalues, np.ones(5), rtol=1e-10)
 
 
+@pytest.mark.parametrize("c", [0.0, 2.0, -2.0])
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_a_multiple_of_the_identity_breaks_down_at_the_first_step(c, which):
+    # H = c·I: the start vector is already an eigenvector, so the first step
+    # breaks down (for c = 0, with w = 0 and a tridiagonal of zeros, exactly
+    # on the threshold); every restart must still give c, with orthonormal
+    # Ritz vectors.
+    loss_fn = lambda w: 0.5 * c * jnp.sum(w**2) + jnp.sum(w)  # noqa: E731
+    out = floodax.hessian_eigenvalues(
+        loss_fn,
+        jnp.ones(6),
+        k=3,
+        which=which,
+        num_iterations=6,
+        return_eigenvectors=True,
+    )
+    np.testing.assert_allclose(out.eigenvalues, np.full(3, c), atol=1e-12)
+    np.testing.assert_allclose(out.residuals, 0.0, atol=1e-12)
+    vectors = np.asarray(out.eigenvectors)
+    np.testing.assert_allclose(vectors @ vectors.T, np.eye(3), atol=1e-10)
+
+
+def _clustered_quadratic(n=60):
+    # Eigenvalues evenly spaced in [1, 2]: Lanczos converges slowly, so one
+    # step more or fewer changes the residuals.
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(n, n)))
+    a = jnp.asarray((q * np.linspace(1.0, 2.0, n)) @ q.T)
+    return lambda w: 0.5 * w @ a @ w, jnp.ones(n)
+
+
+def test_default_num_iterations_and_key():
+    # Documented: num_iterations = min(n, max(2k, 20) + k), key = key(0).
+    loss_fn, w = _clustered_quadratic()
+    for k, m in ((1, 21), (12, 36)):
+        default = floodax.hessian_eigenvalues(loss_fn, w, k=k).residuals
+        explicit = floodax.hessian_eigenvalues(
+            loss_fn, w, k=k, num_iterations=m, key=jax.random.key(0)
+        ).residuals
+        np.testing.assert_array_equal(default, explicit)
+        for other in (m - 1, m + 1):
+            residuals = floodax.hessian_eigenvalues(
+                loss_fn, w, k=k, num_iterations=other
+            ).residuals
+            assert not np.array_equal(default, residuals)
+    other_key = floodax.hessian_eigenvalues(loss_fn, w, key=jax.random.key(1))
+    assert not np.array_equal(
+        floodax.hessian_eigenvalues(loss_fn, w).residuals, other_key.residuals
+    )
+    # The landscape's directions come from key(0) too.
+    params = {"w": jnp.ones((3, 2))}
+    square = lambda p: jnp.sum(p["w"] ** 2)  # noqa: E731
+    default = floodax.loss_landscape(square, params, num_points=3).directions
+    for key, same in ((0, True), (1, False)):
+        keyed = floodax.loss_landscape(
+            square, params, num_points=3, key=jax.random.key(key)
+        ).directions
+        assert np.array_equal(default["w"], keyed["w"]) == same
+
+
 def test_jit_compatible(mlp):
     params, x, y = mlp
     eager = floodax.hessian_eigenvalues(mlp_loss, params, x, y, k=2)
