@@ -24,7 +24,24 @@ _STRENGTH_FIX = (
     "; to schedule it, use `optax.inject_hyperparams(floodax.add_grad_norm_penalty)`"
 )
 POWERS = (1, 2)
-HVP_ROUTES = ("reverse_over_forward", "forward_over_reverse", "reverse_over_reverse")
+HVP_ROUTES = (
+    "auto",
+    "reverse_over_forward",
+    "forward_over_reverse",
+    "reverse_over_reverse",
+)
+
+
+def resolve_hvp_route(route: str, params: Any) -> str:
+    """The route ``"auto"`` stands for: forward-over-reverse when a leaf has
+    three or more axes (a convolution kernel), reverse-over-forward
+    otherwise; any other route is returned as is. Decided from static shapes,
+    so it costs nothing under ``jit``."""
+    if route != "auto":
+        return route
+    if any(jnp.ndim(leaf) >= 3 for leaf in jax.tree.leaves(params)):
+        return "forward_over_reverse"
+    return "reverse_over_forward"
 
 
 def accumulation_dtype(tree: chex.ArrayTree) -> Any:
@@ -195,7 +212,7 @@ def hessian_vector_product(
     value_fn: Callable[[optax.Params], Any],
     params: optax.Params,
     vector: optax.Updates,
-    route: str = "reverse_over_forward",
+    route: str = "auto",
 ) -> optax.Updates:
     """``H·v`` for the Hessian ``H`` of ``value_fn`` at ``params``, without
     materialising ``H``; ``route`` picks how JAX composes the two derivatives.
@@ -204,11 +221,17 @@ def hessian_vector_product(
       along ``v``;
     * ``"forward_over_reverse"``: ``jax.jvp`` of ``jax.grad(value_fn)``;
     * ``"reverse_over_reverse"``: ``jax.grad`` of ``⟨∇value_fn, v⟩``
-      (double backpropagation).
+      (double backpropagation);
+    * ``"auto"`` (the default): ``"forward_over_reverse"`` when a leaf of
+      ``params`` has three or more axes (a convolution kernel),
+      ``"reverse_over_forward"`` otherwise; the rule follows what
+      ``benchmarks/bench_step.py`` measured (the fastest route or close to it
+      on each of its MLPs and its CNN).
 
-    All three are exact and agree to rounding; they differ in speed and
-    memory by model (``benchmarks/bench_step.py``).
+    All are exact and agree to rounding; they differ in speed and memory by
+    model (``benchmarks/bench_step.py``).
     """
+    route = resolve_hvp_route(route, params)
     vector = optax.tree.cast_like(vector, params)
     if route == "forward_over_reverse":
         return jax.jvp(jax.grad(value_fn), (params,), (vector,))[1]
@@ -244,7 +267,7 @@ def add_grad_norm_penalty(
     method: str = "exact",
     radius: chex.Numeric | None = None,
     mask: Any = None,
-    hvp: str = "reverse_over_forward",
+    hvp: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""The gradient of ``L + λ‖∇L‖²`` (or GNP's ``L + λ‖∇L‖``) from ``g = ∇L``.
 
@@ -311,14 +334,16 @@ def add_grad_norm_penalty(
         transformation never sees the full parameters that ``value_fn``
         needs); use ``mask`` instead.
       hvp: the Hessian-vector-product route for ``method="exact"``:
-        ``"reverse_over_forward"`` (the default), ``"forward_over_reverse"``
-        or ``"reverse_over_reverse"``. On a 2-core CPU
-        (benchmarks/bench_step.py) the default was within 9 % of the
-        cheapest route on MLPs of width 128 to 2048, where the forward-over-
-        reverse route ran up to 1.4× slower (its HLO holds transposes and
-        copies that the default's does not), and 20 % behind the cheapest
-        (``jax.linearize``) on a small CNN, where ``"forward_over_reverse"``
-        was 8 % behind it.
+        ``"auto"`` (the default), ``"reverse_over_forward"``,
+        ``"forward_over_reverse"`` or ``"reverse_over_reverse"``
+        (:func:`hessian_vector_product`). ``"auto"`` takes
+        forward-over-reverse when a parameter has three or more axes (a
+        convolution kernel) and reverse-over-forward otherwise: on a 2-core
+        CPU (benchmarks/bench_step.py) reverse-over-forward was within 9 %
+        of the cheapest route on MLPs of width 128 to 2048, where
+        forward-over-reverse ran up to 1.4× slower, and on a small CNN
+        forward-over-reverse was within 8 % of the cheapest while
+        reverse-over-forward was 20 % behind.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes

@@ -411,7 +411,8 @@ def test_norm_form_finite_difference_converges_to_exact_on_a_smooth_loss(mlp):
 
 @pytest.mark.parametrize("power", [1, 2])
 @pytest.mark.parametrize(
-    "hvp", ["reverse_over_forward", "forward_over_reverse", "reverse_over_reverse"]
+    "hvp",
+    ["auto", "reverse_over_forward", "forward_over_reverse", "reverse_over_reverse"],
 )
 def test_hvp_routes_agree(mlp, power, hvp):
     params, x, y = mlp
@@ -424,6 +425,35 @@ def test_hvp_routes_agree(mlp, power, hvp):
         g, None, params, value_fn=loss_fn
     )
     assert_trees_allclose(out, reference, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "expected"),
+    [
+        ({"w": (3, 4), "b": (4,)}, "reverse_over_forward"),  # dense
+        ({"w": (3, 3, 2, 4), "b": (4,)}, "forward_over_reverse"),  # a conv kernel
+        ({"w": (2, 3, 4)}, "forward_over_reverse"),  # 3-D: a 1-D convolution
+    ],
+)
+def test_auto_hvp_route_is_chosen_by_the_shapes(shapes, expected):
+    # The default traces exactly the program of the route it stands for,
+    # and not the other one.
+    params = {k: jnp.full(s, 0.5) for k, s in shapes.items()}
+    loss_fn = lambda p: sum(jnp.sum(jnp.tanh(v) ** 3) for v in p.values())  # noqa: E731
+    g = jax.grad(loss_fn)(params)
+
+    def program(**kwargs):
+        tx = floodax.add_grad_norm_penalty(0.1, **kwargs)
+        return str(
+            jax.make_jaxpr(lambda p: tx.update(g, None, p, value_fn=loss_fn)[0])(params)
+        )
+
+    other = {
+        "reverse_over_forward": "forward_over_reverse",
+        "forward_over_reverse": "reverse_over_forward",
+    }[expected]
+    assert program() == program(hvp=expected)
+    assert program() != program(hvp=other)
 
 
 def test_norm_form_under_the_optax_matrix():
