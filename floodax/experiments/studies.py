@@ -689,8 +689,11 @@ def _second_descent_epoch(
     """The epoch where the smoothed test loss, having risen from its first
     minimum to a peak at least ``drop`` (relative) above it, has fallen
     ``drop`` below the peak; ``None`` if it never does. The loss is smoothed
-    by a centred moving average over 5 % of the evaluations (at least 3), so
-    mini-batch noise does not count as a descent."""
+    by a centred moving average over 5 % of the evaluations (at least 3).
+    That does not remove mini-batch noise: in the five-seed study with
+    batches of 20 (benchmarks/results/study_second_descent.md) it fires on
+    every run although the curves fluctuate around a flat level, so read
+    its hits beside the plotted curves."""
     window = max(3, len(loss) // 20)
     if len(loss) < 2 * window:
         return None
