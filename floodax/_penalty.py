@@ -339,11 +339,12 @@ def add_grad_norm_penalty(
         (:func:`hessian_vector_product`). ``"auto"`` takes
         forward-over-reverse when a parameter has three or more axes (a
         convolution kernel) and reverse-over-forward otherwise: on a 2-core
-        CPU (benchmarks/bench_step.py) reverse-over-forward was within 9 %
+        CPU (benchmarks/bench_step.py) reverse-over-forward was within 6 %
         of the cheapest route on MLPs of width 128 to 2048, where
-        forward-over-reverse ran up to 1.4× slower, and on a small CNN
-        forward-over-reverse was within 8 % of the cheapest while
-        reverse-over-forward was 20 % behind.
+        forward-over-reverse ran up to 1.44× slower, and on a small CNN
+        forward-over-reverse was the cheapest while reverse-over-forward
+        was 20 % behind; the default was within 7 % of the cheapest on
+        every one of them.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
