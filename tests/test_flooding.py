@@ -85,6 +85,25 @@ def test_iflooded_differs_from_flooded_mean():
     assert float(floodax.iflooded(losses, 0.3)) == pytest.approx(0.7)
 
 
+@pytest.mark.parametrize(
+    "weights",
+    [
+        # 1,000 weights of 100: their total, 1e5, overflows float16 (65,504).
+        jnp.full(1000, 100, jnp.float16),
+        # 257 ones: bfloat16 holds 256 and 258 but not 257.
+        jnp.ones(257, jnp.bfloat16),
+    ],
+    ids=["float16_total_overflows", "bfloat16_total_rounds"],
+)
+def test_iflooded_sums_low_precision_weights_in_float32(weights):
+    # Equal weights give the plain mean, whatever their dtype; summed in the
+    # weights' own dtype the total would be inf (a mean of 0) or 258.
+    losses = jnp.linspace(0.0, 1.0, weights.size, dtype=jnp.float32)
+    plain = float(floodax.iflooded(losses, 0.3))
+    weighted = float(floodax.iflooded(losses, 0.3, weights=weights))
+    assert weighted == pytest.approx(plain, rel=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 @pytest.mark.parametrize("level", [0.2, "array32", "traced"])
 def test_loss_transforms_keep_dtype(dtype, level):
