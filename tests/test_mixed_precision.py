@@ -62,6 +62,11 @@ TRANSFORMS = {
         optax.scale_by_adam(eps=1e-4),
         floodax.alternate(optax.linear_schedule(0.02, 0.01, 40), 0.005),
     ),
+    # Rates given as float32 arrays (not weakly typed): the pair's second
+    # gradient, taken at bfloat16 parameters, would be promoted to float32.
+    "backstitch_float32_rates": lambda: floodax.alternate(
+        jnp.float32(0.1), jnp.float32(0.03), ascent_first=True, interval=2
+    ),
     "backstitch_injected": lambda: optax.inject_hyperparams(
         floodax.alternate, static_args=("ascent_first",)
     )(descent_rate=0.1, ascent_rate=0.03, ascent_first=True),
