@@ -97,11 +97,8 @@ def _check_power(power: Any) -> None:
         if np.shape(power) != () or not jnp.issubdtype(power.dtype, jnp.integer):
             raise ValueError(message)
         return
-    if isinstance(power, bool | np.bool_) or not isinstance(
-        power, int | np.integer | np.ndarray | jax.Array
-    ):
-        raise ValueError(message)
-    # An array must hold an integer: int() of 2.7 would silently be 2.
+    # An integer scalar, as an array too; bool, float, str and object arrays
+    # are refused here (int() of 2.7 would silently be 2).
     array = np.asarray(power)
     if array.shape != () or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(message)
@@ -160,7 +157,9 @@ def grad_norm_penalty(
 
     Raises:
       ValueError: ``strength`` is not a scalar or is concretely negative,
-        NaN or infinite; ``power`` is not 1 or 2.
+        NaN or infinite; ``power`` is not 1 or 2 (a traced ``power`` is
+        refused unless it is an integer scalar; one that is neither 1 nor 2
+        gives a NaN loss).
       TypeError: ``strength`` is a callable or not a real number.
 
     Examples:
@@ -190,11 +189,11 @@ def grad_norm_penalty(
         value, grads = value_and_grad(*args, **kwargs)
         loss, aux = value if has_aux else (value, None)
         squared = squared_norm(grads)
-        norm_term = squared if power == 2 else safe_norm(squared)[0]
-        total = (
-            jnp.asarray(loss, squared.dtype)
-            + jnp.asarray(strength, squared.dtype) * norm_term
-        )
+        norm_term = _norm_term(power, squared, safe_norm(squared)[0])
+        # The sum is formed in the wider of the loss's dtype and the norm's
+        # (at least float32), then rounded once to the loss's dtype: a
+        # float16 loss gains a float32 sum, a float64 loss keeps its digits.
+        total = loss + jnp.asarray(strength, squared.dtype) * norm_term
         total = total.astype(jnp.result_type(loss))
         return (total, aux) if has_aux else total
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -277,6 +278,19 @@ CASES = {
             # int() of a float array would truncate 2.7 to 2.
             lambda: floodax.grad_norm_penalty(LOSS_FN, 0.1, power=np.array(2.7)),
             lambda: floodax.add_grad_norm_penalty(0.1, power=jnp.array(1.5)),
+            lambda: floodax.add_grad_norm_penalty(0.1, power=True),
+            lambda: floodax.add_grad_norm_penalty(0.1, power=np.bool_(True)),
+            lambda: floodax.add_grad_norm_penalty(0.1, power="2"),
+            lambda: floodax.add_grad_norm_penalty(0.1, power=None),
+            lambda: floodax.add_grad_norm_penalty(0.1, power=Fraction(2)),
+            lambda: floodax.add_grad_norm_penalty(0.1, power=[2]),
+            # Traced (jit, inject_hyperparams): the dtype and shape are known.
+            lambda: jax.jit(
+                lambda q: floodax.grad_norm_penalty(LOSS_FN, 0.1, power=q)(G)
+            )(jnp.float32(2.0)),
+            lambda: jax.jit(
+                lambda q: floodax.grad_norm_penalty(LOSS_FN, 0.1, power=q)(G)
+            )(jnp.array([2, 2])),
             lambda: floodax.add_grad_norm_penalty(0.1, hvp="fast"),
         ],
         ValueError,

@@ -192,6 +192,22 @@ def test_grad_norm_penalty_with_large_gradients_in_low_precision(dtype):
     )
 
 
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_grad_norm_penalty_of_a_low_precision_loss_keeps_its_dtype(dtype):
+    # The loss itself in float16/bfloat16: the penalty is accumulated in
+    # float32 (‖∇L‖² ≈ 4.4e6 would overflow float16) and the sum is rounded
+    # once, back to the loss's dtype.
+    params, loss = _large_gradient_problem(dtype)
+    low = lambda p: loss(p).astype(dtype)  # noqa: E731
+    value = floodax.grad_norm_penalty(low, 1e-4)(params)
+    assert value.dtype == dtype
+    grads = jax.grad(low)(params)
+    squared = jnp.sum(jnp.square(grads["w"].astype(jnp.float32)))
+    expected = (low(params).astype(jnp.float32) + 1e-4 * squared).astype(dtype)
+    assert np.isfinite(float(value))
+    assert float(value) == float(expected)
+
+
 @pytest.mark.parametrize("method", ["exact", "finite_difference"])
 @pytest.mark.parametrize("power", [2, 1])
 def test_zero_strength_returns_the_gradient_even_when_the_hvp_overflows(method, power):
@@ -248,3 +264,18 @@ def test_finite_difference_default_radius_on_a_mixed_precision_tree():
     assert not np.allclose(
         np.asarray(bad["a"], np.float64), np.asarray(exact["a"], np.float64), rtol=2 * r
     )
+
+
+def test_grad_norm_penalty_keeps_a_float64_loss_digits(x64):
+    # float32 parameters, a loss accumulated in float64: the sum must not be
+    # rounded through float32 (1 + 1e-9 is 1 there).
+    params = jnp.array([0.3, -0.4], jnp.float32)
+
+    def loss(p):
+        return 1 + 1e-9 + jnp.sum(p.astype(jnp.float64) ** 2) / 2
+
+    value = floodax.grad_norm_penalty(loss, 1e-6)(params)
+    assert value.dtype == jnp.float64
+    squared = np.sum(np.asarray(params, np.float64) ** 2)  # ∇L = p
+    expected = 1 + 1e-9 + squared / 2 + 1e-6 * squared
+    assert abs(float(value) - expected) < 1e-12

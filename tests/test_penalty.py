@@ -489,3 +489,71 @@ def test_norm_form_under_the_optax_matrix():
             jax.grad(f)(p), None, p, value_fn=f
         )
         assert out.dtype == dtype
+
+
+def test_traced_power_selects_the_form_without_recompiling():
+    # inject_hyperparams turns `power` into a traced integer: it must pick
+    # the same form as the Python integer (no Python `if` on it), compile
+    # once, and give NaN, never silently one of the two forms, for power 3.
+    params = jnp.array([0.5, -1.0])
+    loss_fn = lambda p: jnp.sum(p**4) + p[0] * p[1]  # noqa: E731
+    g = jax.grad(loss_fn)(params)
+    penalised = TraceCounter(
+        lambda q: floodax.grad_norm_penalty(loss_fn, 0.1, power=q)(params)
+    )
+    injected = optax.inject_hyperparams(floodax.add_grad_norm_penalty)(
+        strength=0.1, power=2
+    )
+    update = TraceCounter(lambda s: injected.update(g, s, params, value_fn=loss_fn)[0])
+    value, step = jax.jit(penalised), jax.jit(update)
+    state = injected.init(params)
+    for power in (2, 1):
+        expected = floodax.grad_norm_penalty(loss_fn, 0.1, power=power)(params)
+        np.testing.assert_allclose(value(jnp.int32(power)), expected, rtol=1e-6)
+        state.hyperparams["power"] = jnp.int32(power)
+        reference, _ = floodax.add_grad_norm_penalty(0.1, power=power).update(
+            g, None, params, value_fn=loss_fn
+        )
+        np.testing.assert_allclose(step(state), reference, rtol=1e-6)
+    assert not np.allclose(
+        floodax.grad_norm_penalty(loss_fn, 0.1, power=1)(params),
+        floodax.grad_norm_penalty(loss_fn, 0.1, power=2)(params),
+    )
+    assert np.isnan(value(jnp.int32(3)))
+    state.hyperparams["power"] = jnp.int32(3)
+    assert np.all(np.isnan(step(state)))
+    assert penalised.traces == 1 and update.traces == 1
+
+
+def test_each_named_hvp_route_traces_the_composition_it_names():
+    # All routes agree in value (test_hvp_routes_agree), so only the traced
+    # program tells whether `hvp="forward_over_reverse"` is what it says.
+    from floodax._penalty import hessian_vector_product
+
+    params = {"w": jnp.full((3, 2), 0.5), "b": jnp.full((2,), -0.3)}
+    vector = jax.tree.map(jnp.ones_like, params)
+    loss_fn = lambda p: jnp.sum(jnp.tanh(p["w"] @ p["b"]) ** 3)  # noqa: E731
+    by_hand = {
+        "forward_over_reverse": lambda p, v: jax.jvp(jax.grad(loss_fn), (p,), (v,))[1],
+        "reverse_over_forward": lambda p, v: jax.grad(
+            lambda q: jax.jvp(loss_fn, (q,), (v,))[1]
+        )(p),
+        "reverse_over_reverse": lambda p, v: jax.grad(
+            lambda q: optax.tree.vdot(jax.grad(loss_fn)(q), v)
+        )(p),
+    }
+    # The tangent is first cast to the parameters' dtypes, as documented.
+    programs = {
+        route: str(
+            jax.make_jaxpr(lambda p, v, fn=fn: fn(p, optax.tree.cast_like(v, p)))(
+                params, vector
+            )
+        )
+        for route, fn in by_hand.items()
+    }
+    assert len(set(programs.values())) == 3
+    for route, program in programs.items():
+        ours = jax.make_jaxpr(
+            lambda p, v, route=route: hessian_vector_product(loss_fn, p, v, route)
+        )(params, vector)
+        assert str(ours) == program, route
