@@ -54,6 +54,9 @@ def test_suggest_flood_level_bad_input():
         floodax.suggest_flood_level([1.0, 0.5], [np.inf, 0.5])
     with pytest.raises(ValueError, match="non-negative"):
         floodax.suggest_flood_level([1.0, -0.5], [1.0, 0.5])
+    # The boundary: a training loss of exactly 0 (a fitted model) is valid.
+    fitted = floodax.suggest_flood_level([1.0, 0.5, 0.0], [1.0, 0.9, 0.8])
+    assert fitted.epoch == 2 and fitted.flood_level == 0.0
     with pytest.raises(ValueError, match="`fraction` must lie in"):
         floodax.suggest_flood_level([1.0], [1.0], fraction=0.0)
     with pytest.raises(ValueError, match="`patience` must be an int"):

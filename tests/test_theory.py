@@ -307,3 +307,30 @@ def test_the_implicit_term_is_needed(mlp):
         )
     slope = np.polyfit(np.log(rates), np.log(errors), 1)[0]
     assert abs(slope - 2.0) < 0.2
+
+
+def test_rounding_level_scales_with_the_largest_iterate():
+    # ROUNDING_ULPS·eps·s for s the largest norm among the parameters and
+    # the runs' endpoints: here the parameters are 0 and an endpoint has
+    # norm 5, so the level is 8·eps·5, neither 0 nor 8·eps/5.
+    from floodax._theory import ROUNDING_ULPS, _rounding_level
+
+    params = {"w": jnp.zeros(3, jnp.float32)}
+    endpoints = [{"w": jnp.array([0.0, 3.0, 4.0])}, {"w": jnp.array([1.0, 0.0, 0.0])}]
+    level, dtype = _rounding_level(params, endpoints)
+    assert dtype == jnp.float32
+    assert level == pytest.approx(ROUNDING_ULPS * float(jnp.finfo(jnp.float32).eps) * 5)
+
+
+def test_order_fit_leaves_out_the_rungs_at_rounding_level():
+    # In float32 the third rung's error (1.2e-7, one ulp of a loss near 1)
+    # is rounding, not truncation: it is left out of the fit, which then
+    # finds the theory's 3. With a shrink of 0.01 only one rung is above
+    # rounding, and one point fits no slope.
+    loss = lambda w: jnp.sum(jnp.cos(w)) + jnp.sum(w**4)  # noqa: E731
+    w = jnp.array([0.5, -1.0, 0.3], jnp.float32)
+    report = floodax.equivalence_order(loss, w, largest_rate=0.1, num_rates=3, shrink=0.1)
+    assert report.fitted.tolist() == [True, True, False]
+    assert report.derivation_order == pytest.approx(3, abs=0.1)
+    with pytest.raises(ValueError, match=r"only 1 of 3 rates give errors above"):
+        floodax.equivalence_order(loss, w, largest_rate=0.1, num_rates=3, shrink=0.01)
