@@ -334,3 +334,17 @@ def test_order_fit_leaves_out_the_rungs_at_rounding_level():
     assert report.derivation_order == pytest.approx(3, abs=0.1)
     with pytest.raises(ValueError, match=r"only 1 of 3 rates give errors above"):
         floodax.equivalence_order(loss, w, largest_rate=0.1, num_rates=3, shrink=0.01)
+
+
+@pytest.mark.parametrize("fit", [floodax.equivalence_order, floodax.flow_order])
+def test_order_fits_of_float32_params_do_not_change_under_x64(fit):
+    # With float64 enabled globally (as for the derivation's checks) a
+    # float32 model is still stepped in float32: the ladder's rates take the
+    # parameters' dtype, and the report is the one made without x64.
+    loss = lambda w: jnp.sum(jnp.cos(w)) + jnp.sum(w**4)  # noqa: E731
+    w = jnp.array([0.5, -1.0, 0.3], jnp.float32)
+    plain = fit(loss, w, largest_rate=0.1, num_rates=3)
+    with jax.enable_x64(True):
+        wide = fit(loss, w, largest_rate=0.1, num_rates=3)
+    np.testing.assert_array_equal(wide.derivation_errors, plain.derivation_errors)
+    np.testing.assert_array_equal(wide.first_order_errors, plain.first_order_errors)
