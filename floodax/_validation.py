@@ -106,10 +106,7 @@ def check_values(
 ) -> None:
     """Raises unless every element of the concrete ``value`` is finite and
     non-negative (positive with ``positive=True``)."""
-    given = np.asarray(value)
-    array = given
-    if not np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float64)
+    given = array = np.asarray(value)  # isfinite and < 0 work on integers too
 
     def describe(bad: np.ndarray) -> str:
         # The element in its own dtype: float32(0.1) prints as 0.1, int 0 as 0.

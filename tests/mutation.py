@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Which tests exercise which module (the module's own doctests run too).
 TESTS = {
     "floodax/_validation.py": [
+        "tests/test_validation.py",
+        "tests/test_suggest.py",
         "tests/test_bad_input.py",
         "tests/test_flooding.py",
         "tests/test_penalty.py",
@@ -76,7 +78,11 @@ TESTS = {
         "tests/test_checkpoint.py",
     ],
     "floodax/_theory.py": ["tests/test_bad_input.py", "tests/test_theory.py"],
-    "floodax/_suggest.py": ["tests/test_bad_input.py", "tests/test_suggest.py"],
+    "floodax/_suggest.py": [
+        "tests/test_bad_input.py",
+        "tests/test_suggest.py",
+        "tests/test_validation.py",
+    ],
     "floodax/_adaflood.py": ["tests/test_adaflood.py", "tests/test_bad_input.py"],
     "floodax/_accumulation.py": [
         "tests/test_accumulation.py",

@@ -329,7 +329,9 @@ def test_order_fit_leaves_out_the_rungs_at_rounding_level():
     # rounding, and one point fits no slope.
     loss = lambda w: jnp.sum(jnp.cos(w)) + jnp.sum(w**4)  # noqa: E731
     w = jnp.array([0.5, -1.0, 0.3], jnp.float32)
-    report = floodax.equivalence_order(loss, w, largest_rate=0.1, num_rates=3, shrink=0.1)
+    report = floodax.equivalence_order(
+        loss, w, largest_rate=0.1, num_rates=3, shrink=0.1
+    )
     assert report.fitted.tolist() == [True, True, False]
     assert report.derivation_order == pytest.approx(3, abs=0.1)
     with pytest.raises(ValueError, match=r"only 1 of 3 rates give errors above"):
