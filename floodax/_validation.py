@@ -9,7 +9,6 @@ so its value is trusted.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +39,7 @@ def _type_error(name: str, value: Any, fix: str) -> TypeError:
         hint = "; it cannot be None"
     elif isinstance(value, str):
         hint = f"; pass the number itself, e.g. `{name}=float({value!r})`"
-    elif isinstance(value, numbers.Number) or hasattr(value, "__float__"):
+    elif hasattr(value, "__float__"):  # Decimal, Fraction; not complex
         hint = f"; convert it first: `{name}=float(value)`"
     else:
         hint = ""
