@@ -58,7 +58,10 @@ def squared_norm(tree: chex.ArrayTree) -> jax.Array:
     in at least float32 (see :func:`accumulation_dtype`)."""
     dtype = accumulation_dtype(tree)
     return sum(
-        (jnp.sum(jnp.square(leaf.astype(dtype))) for leaf in jax.tree.leaves(tree)),
+        (
+            jnp.sum(jnp.square(jnp.asarray(leaf, dtype)))
+            for leaf in jax.tree.leaves(tree)
+        ),
         start=jnp.zeros([], dtype),
     )
 

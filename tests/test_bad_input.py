@@ -317,11 +317,13 @@ CASES = {
         [
             lambda: _train_config(learning_rate=float("inf")),
             lambda: _train_config(momentum=float("nan")),
+            lambda: _train_config(momentum=1.0),  # [0, 1): 1 never forgets
             lambda: _train_config(epochs=2.5),
             lambda: _train_config(batch_size=32.0),
         ],
         (TypeError, ValueError),
         r"`learning_rate` must be finite|`momentum` must be finite|"
+        r"`momentum` must lie in \[0, 1\), got 1.0|"
         r"`epochs` must be an integer >= 1, got float 2.5|"
         r"`batch_size` must be an integer >= 1, got float 32.0",
     ),

@@ -350,3 +350,14 @@ def test_order_fits_of_float32_params_do_not_change_under_x64(fit):
         wide = fit(loss, w, largest_rate=0.1, num_rates=3)
     np.testing.assert_array_equal(wide.derivation_errors, plain.derivation_errors)
     np.testing.assert_array_equal(wide.first_order_errors, plain.first_order_errors)
+
+
+@pytest.mark.parametrize("fit", [floodax.equivalence_order, floodax.flow_order])
+def test_order_fits_take_a_python_number_as_params(fit):
+    # check_equivalence takes a Python float as its parameter; the fits did
+    # not (an AttributeError from inside the norm). Same report as float32.
+    loss = lambda w: jnp.cos(w) + w**4  # noqa: E731
+    number = fit(loss, 0.5, largest_rate=0.5, num_rates=3)
+    array = fit(loss, jnp.float32(0.5), largest_rate=0.5, num_rates=3)
+    np.testing.assert_array_equal(number.derivation_errors, array.derivation_errors)
+    np.testing.assert_array_equal(number.fitted, array.fitted)
