@@ -309,15 +309,20 @@ def test_the_implicit_term_is_needed(mlp):
     assert abs(slope - 2.0) < 0.2
 
 
-def test_rounding_level_scales_with_the_largest_iterate():
+@pytest.mark.parametrize("largest", ["params", "endpoint"])
+def test_rounding_level_scales_with_the_largest_iterate(largest):
     # ROUNDING_ULPS·eps·s for s the largest norm among the parameters and
-    # the runs' endpoints: here the parameters are 0 and an endpoint has
-    # norm 5, so the level is 8·eps·5, neither 0 nor 8·eps/5.
+    # the runs' endpoints; one of them has norm 5 (a squared norm would be
+    # 25), another 0 (the smallest): the level is 8·eps·5, not 8·eps/5.
     from floodax._theory import ROUNDING_ULPS, _rounding_level
 
-    params = {"w": jnp.zeros(3, jnp.float32)}
-    endpoints = [{"w": jnp.array([0.0, 3.0, 4.0])}, {"w": jnp.array([1.0, 0.0, 0.0])}]
-    level, dtype = _rounding_level(params, endpoints)
+    five = {"w": jnp.array([0.0, 3.0, 4.0], jnp.float32)}
+    zero = {"w": jnp.zeros(3, jnp.float32)}
+    one = {"w": jnp.array([1.0, 0.0, 0.0], jnp.float32)}
+    if largest == "params":
+        level, dtype = _rounding_level(five, [zero, one])
+    else:
+        level, dtype = _rounding_level(zero, [five, one])
     assert dtype == jnp.float32
     assert level == pytest.approx(ROUNDING_ULPS * float(jnp.finfo(jnp.float32).eps) * 5)
 
