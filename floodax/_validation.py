@@ -105,11 +105,11 @@ def check_values(
 ) -> None:
     """Raises unless every element of the concrete ``value`` is finite and
     non-negative (positive with ``positive=True``)."""
-    given = array = np.asarray(value)  # isfinite and < 0 work on integers too
+    array = np.asarray(value)  # isfinite and < 0 work on integers too
 
     def describe(bad: np.ndarray) -> str:
         # The element in its own dtype: float32(0.1) prints as 0.1, int 0 as 0.
-        text = str(given[bad].flat[0])
+        text = str(array[bad].flat[0])
         return text if array.ndim == 0 else f"{text} (an element of the array)"
 
     bad = ~np.isfinite(array)
