@@ -17,6 +17,7 @@ from floodax._validation import (
     check_matching_trees,
     check_rate_order,
     check_scalar_hyperparam,
+    check_value_fn_depends,
     check_value_fn_params,
     is_traced,
     require_params,
@@ -221,6 +222,9 @@ def alternate(
                 "alternate across calls.",
             )
             check_matching_trees(updates, params, "floodax.alternate")
+            check_value_fn_depends(
+                value_fn, params, "floodax.alternate with `value_fn`"
+            )
             new_updates = within_call(updates, state.count, params, value_fn)
         return new_updates, AlternateState(count=optax.safe_increment(state.count))
 

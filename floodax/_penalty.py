@@ -14,6 +14,8 @@ import optax
 from floodax._validation import (
     check_matching_trees,
     check_scalar_hyperparam,
+    check_real_float_leaves,
+    check_value_fn_depends,
     check_value_fn_params,
     highest_dtype,
     is_traced,
@@ -443,8 +445,20 @@ def add_grad_norm_penalty(
             h_direction = hessian_vector_product(value_fn, params, direction, hvp)
             return jax.tree.map(lambda h: h.astype(dtype) * scale, h_direction)
         # The scale on H·v̂ is the derivative of λ‖v‖^p along v̂.
-        scale = lam * _norm_term(power, 2 * norm, positive)
-        direction = jax.tree.map(lambda v: v * inverse, tangent)
+        positive_norm = norm > 0
+
+        def at_zero_frozen(x: Any) -> Any:
+            """``x``, with no derivative where ``v = 0``."""
+            return jnp.where(positive_norm, x, jax.lax.stop_gradient(x))
+
+        # At v = 0 the squared form steps along v itself (normaliser 1,
+        # scale 2λ) with θ, λ, r and g frozen: the term is 0 in value (g comes
+        # back unchanged) and its derivative is 2λ·H·dv, the exact method's.
+        # The norm form keeps its kink there (scale 0), like |x| at 0.
+        lam = at_zero_frozen(lam)
+        scale = lam * _norm_term(power, jnp.where(positive_norm, 2 * norm, 2), positive)
+        normaliser = jnp.where(power == 2, jnp.where(positive_norm, inverse, 1), inverse)
+        direction = jax.tree.map(lambda v: v * normaliser, tangent)
         perturbed = [
             p
             for p, keep in zip(
@@ -453,13 +467,21 @@ def add_grad_norm_penalty(
             if keep
         ]
         r = jnp.asarray(_default_radius(perturbed) if radius is None else radius, dtype)
+        r = at_zero_frozen(r)
         shifted = jax.tree.map(
-            lambda p, d: (p.astype(dtype) + r * d).astype(p.dtype), params, direction
+            lambda p, d: (at_zero_frozen(p).astype(dtype) + r * d).astype(p.dtype),
+            params,
+            direction,
         )
-        return jax.tree.map(
-            lambda gs, g: (gs.astype(dtype) - g.astype(dtype)) * (scale / r),
+        difference = jax.tree.map(
+            lambda gs, g: (gs.astype(dtype) - at_zero_frozen(g).astype(dtype))
+            * (scale / r),
             jax.grad(value_fn)(shifted),
             grads,
+        )
+        return jax.tree.map(
+            lambda d: jnp.where(positive_norm, d, d - jax.lax.stop_gradient(d)),
+            difference,
         )
 
     def update_fn(
@@ -496,6 +518,7 @@ def add_grad_norm_penalty(
                 f"{name}: `mask` selects no parameter, so there is no penalty; "
                 "select at least one leaf, or drop the transformation."
             )
+        check_value_fn_depends(value_fn, params, name)
         dtype = accumulation_dtype(updates)
         term = penalty_term(value_fn, params, updates, flags, dtype)
         off = jnp.asarray(strength) == 0

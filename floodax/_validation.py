@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.extend.core import Var
 
 
 def highest_dtype(tree: Any) -> Any:
@@ -320,17 +321,98 @@ def check_value_fn_params(params: Any, transform: str, supported: str) -> None:
             "differentiate `value_fn` with respect to; pass the model's "
             "parameters."
         )
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    check_real_float_leaves(params, f"{transform}: `params`", "`value_fn`")
+
+
+def check_real_float_leaves(tree: Any, what: str, differentiated: str) -> None:
+    """Raises a ``TypeError`` naming the first leaf of ``tree`` that is not a
+    real floating-point array: ``differentiated`` is differentiated with
+    respect to every leaf, and ``what`` names the tree in the message."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(
-                f"{transform}: `params` has a leaf of dtype {dtype} at "
-                f"{jax.tree_util.keystr(path) or 'the root'}; `value_fn` is "
-                "differentiated with respect to every leaf, and integer or "
-                "boolean leaves have no gradient. Keep integer state out of the "
-                "parameters (e.g. in a separate argument closed over by "
-                "`value_fn`)."
+        if jnp.issubdtype(dtype, jnp.floating):
+            continue
+        where = jax.tree_util.keystr(path) or "the root"
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            reason = (
+                "complex leaves are not supported: the gradient norm and the "
+                "Hessian-vector products are defined here for real parameters. "
+                "Store a complex weight as two real leaves (its real and "
+                "imaginary parts) and combine them inside the loss."
             )
+        else:
+            reason = (
+                "integer and boolean leaves have no gradient. Keep integer "
+                "state out of the parameters (e.g. in a separate argument "
+                "closed over by the loss), or convert the leaf with "
+                "`.astype(jnp.float32)` if it is a weight."
+            )
+        raise TypeError(
+            f"{what} has a leaf of dtype {dtype} at {where}; {differentiated} is "
+            f"differentiated with respect to every leaf, and {reason}"
+        )
+
+
+VALUE_FN_PATTERN = """\
+Build `value_fn` so that the loss is computed from the parameters it is given:
+  plain pytrees:  value_fn=lambda p: loss_fn(p, batch)
+  Flax Linen:     value_fn=lambda p: loss_fn(model.apply({"params": p}, x), y)
+  Flax NNX:       graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+                  value_fn=lambda p: loss_fn(
+                      nnx.merge(graphdef, p, rest, copy=True), batch)
+(NNX's `optimizer.update(model, grads, value_fn=...)` passes the model's
+`nnx.Param` state as `p`; a lambda that calls the model itself never reads
+it. `copy=True` evaluates a copy, so the extra passes leave the model's batch
+statistics alone.)"""
+
+
+def _depends_on(jaxpr: Any, inputs: Any) -> bool:
+    """Whether any output of ``jaxpr`` is computed from any of ``inputs``.
+
+    A forward walk over the equations; an equation with a dependent input
+    makes all its outputs dependent (so sub-jaxprs of ``cond``, ``scan`` or
+    ``jit`` count conservatively: this only ever errs towards "depends")."""
+    dependent = set(inputs)
+    for eqn in jaxpr.eqns:
+        if any(isinstance(v, Var) and v in dependent for v in eqn.invars):
+            dependent.update(eqn.outvars)
+    return any(
+        isinstance(v, Var) and v in dependent for v in jaxpr.outvars
+    )
+
+
+def check_value_fn_depends(value_fn: Callable[..., Any], params: Any, transform: str) -> None:
+    """Raises when ``value_fn`` is not a scalar loss of the ``params`` it is given.
+
+    Traces the reverse-mode derivative of ``value_fn`` at ``params`` once
+    (at trace time; nothing runs on the device) with the output cotangent as
+    an input of the traced program. The gradient depends on that cotangent
+    unless JAX proved it zero: ``value_fn`` never reads its argument (the
+    closure-over-the-model mistake in Flax NNX), reads it only through
+    ``stop_gradient``, or only through integer or boolean values. Then every
+    transformation that differentiates ``value_fn`` would silently compute
+    nothing (no penalty, no second step), so it raises instead.
+    """
+
+    def pullback(primals: Any, cotangent: jax.Array) -> Any:
+        out, vjp = jax.vjp(value_fn, primals)
+        if np.shape(out) != () or not jnp.issubdtype(
+            jnp.result_type(out), jnp.floating
+        ):
+            raise TypeError(
+                f"{transform}: `value_fn` must return a real floating-point "
+                f"scalar (the loss), got {jax.typeof(out).str_short()}. "
+                "Reduce per-example losses with `.mean()` inside `value_fn`."
+            )
+        return vjp(cotangent.astype(jnp.result_type(out)))
+
+    closed = jax.make_jaxpr(pullback)(params, jnp.ones([], jnp.float32))
+    if not _depends_on(closed.jaxpr, closed.jaxpr.invars[-1:]):
+        raise ValueError(
+            f"{transform}: `value_fn` does not depend on the parameters it is "
+            "given, so its gradient is zero everywhere and the transformation "
+            "would silently change nothing. " + VALUE_FN_PATTERN
+        )
 
 
 def axis_reduce(

@@ -120,6 +120,51 @@ def test_grad_norm_penalty_meta_gradients(power, zero_gradient):
     )
 
 
+def _quartic_bowl(params):
+    """A minimum at 0 with a non-diagonal Hessian and non-zero higher
+    derivatives nearby, so a wrong derivative of the penalty shows."""
+    w, v = params["w"], params["v"]
+    return (
+        jnp.sum(w**2)
+        + jnp.sum((v - w[:2]) ** 2)
+        + jnp.sum(w**4)
+        + jnp.sum(w[:2] * v) ** 2
+    )
+
+
+@pytest.mark.parametrize("power", [2, 1])
+def test_penalty_meta_gradient_at_exact_zero_matches_exact_method(power):
+    # The user's path: g = ∇L(θ) inside the step, θ at a minimum (g exactly
+    # 0). The finite difference's meta-gradient must match the exact
+    # method's, as it does a hair away from the minimum.
+    minimum = {"w": jnp.zeros(3), "v": jnp.zeros(2)}
+
+    def meta(method, params):
+        tx = floodax.add_grad_norm_penalty(0.1, power=power, method=method)
+        grads = jax.grad(_quartic_bowl)(params)
+        return tx.update(grads, None, params, value_fn=_quartic_bowl)[0]
+
+    for method in ("exact", "finite_difference"):
+        value = meta(method, minimum)
+        for leaf in jax.tree.leaves(value):
+            np.testing.assert_array_equal(leaf, 0.0)  # g back unchanged
+    exact = jax.jacobian(functools.partial(meta, "exact"))(minimum)
+    difference = jax.jacobian(functools.partial(meta, "finite_difference"))(minimum)
+    for a, b in zip(jax.tree.leaves(difference), jax.tree.leaves(exact), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    if power == 2:
+        # (I + 2λH)·H, the exact Jacobian of g + 2λHg, not H alone.
+        flat, unravel = jax.flatten_util.ravel_pytree(minimum)
+        hessian = jax.hessian(lambda x: _quartic_bowl(unravel(x)))(flat)
+        expected = hessian + 0.2 * hessian @ hessian
+        got = jax.jacobian(
+            lambda x: jax.flatten_util.ravel_pytree(
+                meta("finite_difference", unravel(x))
+            )[0]
+        )(flat)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("zero_gradient", [False, True])
 @pytest.mark.parametrize("ascent_first", [False, True])
 def test_alternate_meta_gradients(ascent_first, zero_gradient):
