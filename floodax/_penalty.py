@@ -190,7 +190,16 @@ def grad_norm_penalty(
     _check_power(power)
     value_and_grad = jax.value_and_grad(loss_fn, argnums=argnums, has_aux=has_aux)
 
+    positions = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+
     def penalised(*args: Any, **kwargs: Any) -> Any:
+        for position in positions:
+            if -len(args) <= position < len(args):
+                check_real_float_leaves(
+                    args[position],
+                    f"floodax.grad_norm_penalty: the argument at argnums={position}",
+                    "`loss_fn`",
+                )
         value, grads = value_and_grad(*args, **kwargs)
         loss, aux = value if has_aux else (value, None)
         squared = squared_norm(grads)
@@ -198,7 +207,10 @@ def grad_norm_penalty(
         # The sum is formed in the wider of the loss's dtype and the norm's
         # (at least float32), then rounded once to the loss's dtype: a
         # float16 loss gains a float32 sum, a float64 loss keeps its digits.
-        total = loss + jnp.asarray(strength, squared.dtype) * norm_term
+        # Strength 0 gives the loss itself, also where the norm overflowed
+        # (0·inf is NaN).
+        lam = jnp.asarray(strength, squared.dtype)
+        total = jnp.where(lam == 0, loss, loss + lam * norm_term)
         total = total.astype(jnp.result_type(loss))
         return (total, aux) if has_aux else total
 

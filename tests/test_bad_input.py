@@ -191,7 +191,7 @@ CASES = {
         r"`flood_level` must be a real number \(a Python int or float, or a real "
         r"JAX/NumPy scalar array\), got (str|NoneType|Decimal|Fraction)",
     ),
-    "integer or empty parameters for `value_fn`": (
+    "integer, complex or empty parameters for `value_fn`": (
         [
             lambda: floodax.add_grad_norm_penalty(0.1).update(
                 {"n": jnp.int32(1)}, None, {"n": jnp.int32(1)}, value_fn=LOSS_FN
@@ -199,9 +199,53 @@ CASES = {
             lambda: floodax.add_grad_norm_penalty(
                 0.1, method="finite_difference"
             ).update({}, None, {}, value_fn=LOSS_FN),
+            lambda: floodax.add_grad_norm_penalty(0.1).update(
+                {"z": jnp.ones(2, jnp.complex64)},
+                None,
+                {"z": jnp.ones(2, jnp.complex64)},
+                value_fn=lambda p: jnp.sum(jnp.abs(p["z"]) ** 2),
+            ),
         ],
         (TypeError, ValueError),
-        r"has a leaf of dtype int32 at \['n'\]|`params` has no array leaves",
+        r"has a leaf of dtype int32 at \['n'\]; `value_fn` is differentiated.*"
+        r"integer and boolean leaves have no gradient|`params` has no array leaves|"
+        r"dtype complex64 at \['z'\].*complex leaves are not supported.*two real",
+    ),
+    "integer parameters for `grad_norm_penalty`": (
+        [
+            lambda: floodax.grad_norm_penalty(
+                lambda p: jnp.sum(p.astype(jnp.float32) ** 2), 0.1
+            )(jnp.array([1, 2])),
+            lambda: floodax.grad_norm_penalty(
+                lambda x, p: jnp.sum(p["w"] * x), 0.1, argnums=1
+            )(G, {"w": jnp.array([True, False])}),
+        ],
+        TypeError,
+        r"the argument at argnums=(0|1) has a leaf of dtype (int32|bool) at "
+        r"(the root|\['w'\]).*convert the leaf",
+    ),
+    "a `value_fn` that ignores its parameters": (
+        [
+            lambda: floodax.add_grad_norm_penalty(0.1).update(
+                G, None, G, value_fn=lambda p: LOSS_FN(G)
+            ),
+            lambda: floodax.alternate(0.2, 0.1).update(
+                G, floodax.alternate(0.2, 0.1).init(G), G, value_fn=lambda p: 1.0
+            ),
+        ],
+        ValueError,
+        r"(?s)`value_fn` does not depend on the parameters it is given.*"
+        r"nnx\.merge\(graphdef, p, rest, copy=True\)",
+    ),
+    "a non-scalar `value_fn`": (
+        [
+            lambda: floodax.add_grad_norm_penalty(0.1).update(
+                G, None, G, value_fn=lambda p: p**2
+            ),
+        ],
+        TypeError,
+        r"`value_fn` must return a real floating-point scalar \(the loss\), got "
+        r"float32\[2\]",
     ),
     "`value_fn` transforms inside `optax.masked`": (
         [

@@ -557,3 +557,24 @@ def test_each_named_hvp_route_traces_the_composition_it_names():
             lambda p, v, route=route: hessian_vector_product(loss_fn, p, v, route)
         )(params, vector)
         assert str(ours) == program, route
+
+
+@pytest.mark.parametrize("power", [2, 1])
+def test_grad_norm_penalty_at_strength_zero_is_the_loss_where_the_norm_overflows(
+    power,
+):
+    # ‖∇L‖² = 8e60 overflows float32: λ·inf is NaN for λ = 0, yet a zero
+    # strength means no penalty at all, in value and in gradient.
+    def loss_fn(w):
+        return jnp.sum(1e30 * w**2)
+
+    w = jnp.ones(2, jnp.float32)
+    penalised = floodax.grad_norm_penalty(loss_fn, 0.0, power=power)
+    assert float(penalised(w)) == float(loss_fn(w))
+    np.testing.assert_array_equal(jax.grad(penalised)(w), jax.grad(loss_fn)(w))
+    traced = jax.jit(
+        lambda s, w: floodax.grad_norm_penalty(loss_fn, s, power=power)(w)
+    )
+    assert float(traced(jnp.float32(0.0), w)) == float(loss_fn(w))
+    # A positive strength still sees the overflow: no silent clipping.
+    assert not np.isfinite(float(floodax.grad_norm_penalty(loss_fn, 0.1)(w)))
