@@ -79,15 +79,23 @@ def alternate(
 
     With ``interval=n``, a pair is followed by ``n - 1`` plain descent steps
     of rate ``ε1 − ε2`` (the pair's net rate, Kaldi's ``lr``), as in Kaldi's
-    ``backstitch_training_interval``. A cycle is one pair plus those steps;
-    rates given as schedules are evaluated at the cycle index (the pair
-    index when ``interval=1``). Do not mix calls with and without
+    ``backstitch_training_interval``. Do not mix calls with and without
     ``value_fn`` on one state: the two forms count cycles differently
     (``n + 1`` calls a cycle across calls, ``n`` within).
 
+    **Schedules** are evaluated at the update count ``AlternateState.count``,
+    as every optax transformation and ``optax.inject_hyperparams`` evaluate
+    them, so ``alternate(ε1, s)`` and
+    ``optax.inject_hyperparams(alternate)(ε1, s)`` give the same updates.
+    Across calls the two steps of a pair therefore see ``s(2c)`` and
+    ``s(2c + 1)``; to hold the rates fixed over each pair, index the
+    schedule by the pair yourself: ``lambda count: s(count // 2)`` (with
+    ``interval=n``, ``count // (n + 1)`` for the cycle). Within one call
+    both steps of a pair use the rates at that call's count.
+
     Args:
       descent_rate: ``ε1 >= 0``, a number, scalar array or schedule of the
-        cycle index.
+        update count.
       ascent_rate: ``ε2 >= 0``, likewise; concrete rates must satisfy
         ``ε1 >= ε2`` (``ε1 == ε2`` is flooding's pair at its level).
       ascent_first: take the ascent step first (Kaldi's backstitch order).
@@ -146,13 +154,13 @@ def alternate(
     check_rate_order(descent_rate, ascent_rate, strict=False)
     check_interval(interval)
 
-    def rates(cycle: jax.Array) -> tuple[Any, Any]:
-        eps1 = schedules.evaluate("descent_rate", descent_rate, cycle)
-        eps2 = schedules.evaluate("ascent_rate", ascent_rate, cycle)
+    def rates(count: jax.Array) -> tuple[Any, Any]:
+        eps1 = schedules.evaluate("descent_rate", descent_rate, count)
+        eps2 = schedules.evaluate("ascent_rate", ascent_rate, count)
         if callable(descent_rate) or callable(ascent_rate):
             # Checked wherever the scheduled values are concrete (outside
             # jit); under jit the step count is traced and they are trusted.
-            at = "" if is_traced(cycle) else f" at cycle {int(cycle)}"
+            at = "" if is_traced(count) else f" at step {int(count)}"
             check_rate_order(eps1, eps2, strict=False, fix=f"{SCHEDULE_FIX}{at}")
         return eps1, eps2
 
@@ -167,8 +175,8 @@ def alternate(
         return AlternateState(count=jnp.zeros([], jnp.int32))
 
     def across_calls(updates: optax.Updates, count: jax.Array) -> optax.Updates:
-        position, cycle = count % (interval + 1), count // (interval + 1)
-        eps1, eps2 = rates(cycle)
+        position = count % (interval + 1)
+        eps1, eps2 = rates(count)
         first, second = first_and_second(eps1, eps2)
         factor = jnp.where(
             position == 0,
@@ -183,7 +191,7 @@ def alternate(
         params: optax.Params,
         value_fn: Callable[[optax.Params], chex.Numeric],
     ) -> optax.Updates:
-        eps1, eps2 = rates(count // interval)
+        eps1, eps2 = rates(count)
         first, second = first_and_second(eps1, eps2)
 
         def pair(updates: optax.Updates) -> optax.Updates:

@@ -44,14 +44,31 @@ def test_across_calls_ascent_first(x64):
         np.testing.assert_allclose(u, factor * g, rtol=1e-15)
 
 
-def test_across_calls_schedules_of_pair_index(x64):
+def test_across_calls_schedules_of_update_count(x64):
     descent = optax.exponential_decay(0.4, transition_steps=1, decay_rate=0.5)
     ascent = optax.linear_schedule(0.1, 0.0, transition_steps=4)
     grads = _grads_seq(8)
     out, _ = _run_across(floodax.alternate(descent, ascent), grads)
     for k, (u, g) in enumerate(zip(out, grads, strict=True)):
-        pair = jnp.int32(k // 2)  # the schedule sees the int32 count, as in optax
-        factor = -descent(pair) if k % 2 == 0 else ascent(pair)
+        count = jnp.int32(k)  # the schedule sees the int32 count, as in optax
+        factor = -descent(count) if k % 2 == 0 else ascent(count)
+        np.testing.assert_allclose(u, factor * g, rtol=1e-12)
+
+
+@pytest.mark.parametrize("interval", [1, 3])
+def test_pair_indexed_schedule_recipe_holds_rates_over_a_cycle(x64, interval):
+    # The docstring's recipe: index the schedule by the cycle yourself.
+    ascent = optax.piecewise_constant_schedule(0.1, {1: 0.5, 3: 0.5})
+    descent = 0.5
+    tx = floodax.alternate(
+        descent, lambda count: ascent(count // (interval + 1)), interval=interval
+    )
+    grads = _grads_seq(4 * (interval + 1))
+    out, _ = _run_across(tx, grads)
+    for k, (u, g) in enumerate(zip(out, grads, strict=True)):
+        cycle, position = divmod(k, interval + 1)
+        eps2 = float(ascent(cycle))
+        factor = [-descent, eps2][position] if position < 2 else eps2 - descent
         np.testing.assert_allclose(u, factor * g, rtol=1e-12)
 
 
@@ -120,15 +137,21 @@ def test_within_call_interval_alternates_pair_and_plain(mlp):
         assert_trees_allclose(p, expected, rtol=1e-13)
 
 
-def test_within_call_schedules_use_call_index(mlp):
+@pytest.mark.parametrize("interval", [1, 2])
+def test_within_call_schedules_use_call_index(mlp, interval):
     params, x, y = mlp
     loss_fn = functools.partial(mlp_loss, x=x, y=y)
     descent = lambda i: 0.4 / (1 + i)  # noqa: E731
-    tx = floodax.alternate(descent, 0.05)
+    tx = floodax.alternate(descent, 0.05, interval=interval)
     state, p = tx.init(params), params
-    for k in range(3):
-        updates, state = tx.update(jax.grad(loss_fn)(p), state, p, value_fn=loss_fn)
-        expected = _explicit_pair(loss_fn, p, 0.4 / (1 + k), 0.05, False)
+    for k in range(4):
+        g = jax.grad(loss_fn)(p)
+        updates, state = tx.update(g, state, p, value_fn=loss_fn)
+        e1 = 0.4 / (1 + k)
+        if k % interval == 0:
+            expected = _explicit_pair(loss_fn, p, e1, 0.05, False)
+        else:
+            expected = jax.tree.map(lambda q, gi: q - (e1 - 0.05) * gi, p, g)
         p = optax.apply_updates(p, updates)
         assert_trees_allclose(p, expected, rtol=1e-13)
 

@@ -31,7 +31,7 @@ def _train_config(**kwargs):
 
 
 def _scheduled_pairs():
-    # ε1 falls from 0.3 to 0 over 4 steps while ε2 stays 0.1: at cycle 3
+    # ε1 falls from 0.3 to 0 over 4 steps while ε2 stays 0.1: at step 3
     # ε1 = 0.075 < ε2. Outside jit the scheduled values are concrete.
     tx = floodax.alternate(optax.linear_schedule(0.3, 0.0, 4), 0.1)
     state = tx.init(G)
@@ -267,7 +267,7 @@ CASES = {
         [_scheduled_pairs],
         ValueError,
         r"`descent_rate` \(0.075\) must be at least `ascent_rate` \(0.1\).*"
-        r"schedule.*at cycle 3",
+        r"schedule.*at step 3",
     ),
     "bad `multi_steps` argument": (
         [
