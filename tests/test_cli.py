@@ -39,6 +39,8 @@ def _refused(argv: list[str], capsys) -> str:
         ("0:0.5:0.01", [i / 100 for i in range(51)]),
         ("0.1:0.3:0.1", [0.1, 0.2, 0.3]),
         ("1e-7:1e-6:1e-7", [i / 1e7 for i in range(1, 11)]),
+        # Levels closer than 1e-10 stay apart (no rounding to fixed decimals).
+        ("0:1e-10:1e-11", [i / 1e11 for i in range(11)]),
         ("0.25:0.25:1", [0.25]),
         ("0,0.05,0.1", [0.0, 0.05, 0.1]),
     ],
