@@ -1,9 +1,21 @@
-"""The ``floodax`` command line: ``floodax demo`` and ``floodax verify``."""
+"""The ``floodax`` command line: ``floodax demo`` and ``floodax verify``.
+
+Every flag is checked before anything trains: a bad value ends the command
+with the subcommand's usage and a message that names the flag.
+"""
 
 from __future__ import annotations
 
 import argparse
+import decimal
+import math
+import os
+import tempfile
 from collections.abc import Sequence
+
+MAX_GRID_LEVELS = 1_000_000
+"""``--grid`` refuses a range of this many levels or more: each level is a
+training run, and the sweep keeps every level's learning curves."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,34 +39,72 @@ def _parser() -> argparse.ArgumentParser:
         "first-order guesses) and exits non-zero if an order is more than 0.2 "
         "from theory.",
     )
+    verify.set_defaults(subparser=verify)
     verify.add_argument("--seed", type=int, default=0, help="seed of the MLP and data")
     verify.add_argument(
         "--largest-rate",
         type=float,
         default=0.2,
-        help="ε1 of the first rung of the rate ladder (default 0.2)",
+        help="ε1 of the first rung of the rate ladder, positive (default 0.2)",
     )
     verify.add_argument(
-        "--num-rates", type=int, default=6, help="rungs of the ladder, halving ε1"
+        "--num-rates",
+        type=int,
+        default=6,
+        help="rungs of the ladder, halving ε1, at least 2 (default 6)",
     )
     return parser
 
 
 def _grid(text: str) -> tuple[float, ...]:
-    """``START:STOP:STEP`` (STOP included) or a comma-separated list."""
-    try:
-        if ":" in text:
-            start, stop, step = (float(v) for v in text.split(":"))
-            if step <= 0 or stop < start:
-                raise ValueError
-            count = round((stop - start) / step) + 1
-            return tuple(round(start + i * step, 10) for i in range(count))
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a grid: give START:STOP:STEP (e.g. 0:0.5:0.01) or "
-            "a list (e.g. 0,0.05,0.1)"
-        ) from None
+    """``START:STOP:STEP`` or a comma-separated list of flood levels.
+
+    A range holds the numbers START + i·STEP up to STOP, computed in decimal
+    arithmetic on the digits given, so STOP is included exactly when it lies
+    on the grid (``0:1:0.1`` ends at 1.0, ``0:0.5:0.3`` at 0.3) and each level
+    is the float nearest its decimal value (0.3, not 0.30000000000000004).
+    Its size is computed before a single level is made.
+    """
+
+    def refuse(why: str, what: str = "is not a grid") -> argparse.ArgumentTypeError:
+        return argparse.ArgumentTypeError(f"{text!r} {what}: {why}")
+
+    usage = "give START:STOP:STEP (e.g. 0:0.5:0.01) or a list (e.g. 0,0.05,0.1)"
+    if ":" in text:
+        try:
+            start, stop, step = (decimal.Decimal(v) for v in text.split(":"))
+        except (ValueError, decimal.InvalidOperation):
+            raise refuse(usage) from None
+        if not (start.is_finite() and stop.is_finite() and step.is_finite()):
+            raise refuse("START, STOP and STEP must be finite numbers")
+        if step <= 0:
+            raise refuse("STEP must be positive")
+        if stop < start:
+            raise refuse("STOP must be at least START")
+        with decimal.localcontext() as context:
+            context.traps[decimal.Overflow] = False  # a huge size is Infinity
+            steps = (stop - start) / step
+        if steps >= MAX_GRID_LEVELS - 1:
+            size = f"{int(steps) + 1:,}" if steps < 10**15 else "more than 10^15"
+            raise refuse(
+                f"it has {size} levels, each a training run; give fewer than "
+                f"{MAX_GRID_LEVELS:,} (a larger STEP)",
+                "is too large a grid",
+            )
+        count = int((stop - start) // step) + 1
+        levels = tuple(float(start + i * step) for i in range(count))
+    else:
+        try:
+            levels = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise refuse(usage) from None
+        if not all(math.isfinite(b) for b in levels):
+            raise refuse("flood levels must be finite numbers")
+    if min(levels) < 0:
+        raise refuse("flood levels must be non-negative")
+    if max(levels) == 0:
+        raise refuse("it has no positive level, and 0 (the baseline) is trained anyway")
+    return levels
 
 
 def _add_demo(commands) -> None:
@@ -66,13 +116,15 @@ def _add_demo(commands) -> None:
         description="Trains every flood level of a grid, 0 (the unflooded "
         "baseline) included, on data generated as the authors' code does (or "
         "scikit-learn's digits), picks the level by the final validation "
-        "accuracy, prints test accuracy and loss of the baseline and the chosen "
-        "level, and writes a PNG of clean test accuracy, training loss and "
-        "validation curves. About 3 minutes on 2 CPU cores with the defaults; "
-        "longer runs are announced before they start. Needs the demo extra: "
+        "accuracy (or trains the one --flood-level given), prints test accuracy "
+        "and loss of the baseline and the chosen level, and writes a PNG of "
+        "clean test accuracy, training loss and validation curves. About 3 "
+        "minutes on 2 CPU cores with the defaults; longer runs are announced "
+        "before they start. Needs the demo extra: "
         "pip install 'floodax[demo]'.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    demo.set_defaults(subparser=demo)
     demo.add_argument(
         "--dataset", choices=DATASETS, default="sinusoid2d", help="the data"
     )
@@ -80,7 +132,7 @@ def _add_demo(commands) -> None:
         "--label-noise",
         type=float,
         default=0.1,
-        help="fraction of training/validation labels flipped",
+        help="fraction of training/validation labels flipped, from 0 to 1",
     )
     demo.add_argument("--epochs", type=int, default=200, help="training epochs")
     demo.add_argument(
@@ -113,15 +165,16 @@ def _add_demo(commands) -> None:
         "--flood-level",
         type=float,
         default=None,
-        help="use this flood level instead of sweeping (the baseline b = 0 is "
-        "trained too)",
+        help="train only this positive flood level and the unflooded baseline, "
+        "and compare them, instead of sweeping",
     )
     group.add_argument(
         "--grid",
         type=_grid,
         default=None,
-        help="flood levels to sweep: START:STOP:STEP or a,b,c; None means "
-        "the paper's 0:0.5:0.01 (0 is always added: it is the baseline)",
+        help="flood levels to sweep: START:STOP:STEP (STOP included when it lies "
+        "on the grid) or a,b,c; None means the paper's 0:0.5:0.01 (0 is always "
+        "added: it is the baseline)",
     )
     demo.add_argument(
         "--validation",
@@ -151,35 +204,77 @@ def _add_demo(commands) -> None:
         "flooding's mechanism; benchmarks/study.py runs the full ones",
     )
     demo.add_argument("--seed", type=int, default=0, help="data, model and shuffling")
-    demo.add_argument("--out", default="floodax-demo", help="output folder")
+    demo.add_argument(
+        "--out",
+        default="floodax-demo",
+        help="output folder, created and checked writable before training",
+    )
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _check_number(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    value: float | None,
+    *,
+    positive: bool = False,
+    high: float | None = None,
+) -> None:
+    """Ends the command unless ``value`` (None: not given) is finite and
+    non-negative (positive), and at most ``high``."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        parser.error(f"{flag} must be a finite number, got {value}")
+    if high is not None and not 0 <= value <= high:
+        parser.error(f"{flag} must lie in [0, {high:g}], got {value:g}")
+    if positive and value <= 0:
+        parser.error(f"{flag} must be positive, got {value:g}")
+    if value < 0:
+        parser.error(f"{flag} must be non-negative, got {value:g}")
+
+
+def _check_count(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    value: int | None,
+    minimum: int,
+    why: str = "",
+) -> None:
+    if value is not None and value < minimum:
+        parser.error(f"{flag} must be at least {minimum}{why}, got {value}")
+
+
+def _check_out(parser: argparse.ArgumentParser, out: str) -> None:
+    """Creates ``--out`` and writes a scratch file there, so that a folder
+    the results cannot go to ends the command before it trains."""
+    if not out:
+        parser.error("--out must name a folder, got ''")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        parser.error(
+            f"--out {out!r} is not a folder the results can be written to "
+            f"({error.strerror}); give another --out"
+        )
+
+
 def _run_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    checks = [
-        (args.epochs >= 1, "--epochs must be at least 1"),
-        (0.0 <= args.label_noise <= 1.0, "--label-noise must lie in [0, 1]"),
-        (
-            args.learning_rate is None or args.learning_rate > 0,
-            "--learning-rate must be positive",
-        ),
-        (
-            args.batch_size is None or args.batch_size >= 1,
-            "--batch-size must be at least 1",
-        ),
-        (args.width >= 1 and args.depth >= 1, "--width and --depth must be at least 1"),
-        (
-            args.flood_level is None or args.flood_level >= 0,
-            "--flood-level must be non-negative",
-        ),
-        (
-            args.grid is None or min(args.grid) >= 0,
-            "--grid levels must be non-negative",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            parser.error(message)
+    _check_count(parser, "--epochs", args.epochs, 1)
+    _check_number(parser, "--label-noise", args.label_noise, high=1.0)
+    _check_number(parser, "--learning-rate", args.learning_rate, positive=True)
+    _check_count(parser, "--batch-size", args.batch_size, 1)
+    _check_count(parser, "--width", args.width, 1)
+    _check_count(parser, "--depth", args.depth, 1)
+    _check_count(parser, "--seed", args.seed, 0)
+    if args.flood_level == 0:
+        parser.error(
+            "--flood-level 0 is the baseline, which the demo trains anyway: give "
+            "a positive level to compare with it"
+        )
+    _check_number(parser, "--flood-level", args.flood_level, positive=True)
     try:
         from floodax.experiments.demo import DemoConfig, run_demo
         from floodax.experiments.studies import run_study
@@ -189,6 +284,7 @@ def _run_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             f"floodax demo needs the demo extra ({error.name} is missing): "
             "pip install 'floodax[demo]'\n",
         )
+    _check_out(parser, args.out)
     if args.study is not None:
         print(
             f"floodax demo --study {args.study}: a short version of the study "
@@ -221,22 +317,20 @@ def _run_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    _check_number(parser, "--largest-rate", args.largest_rate, positive=True)
+    _check_count(parser, "--num-rates", args.num_rates, 2, " to fit a slope")
+    from floodax._verify import run_verify
+
+    lines, ok = run_verify(
+        seed=args.seed, largest_rate=args.largest_rate, num_rates=args.num_rates
+    )
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return _run_demo(parser, args)
-    if args.command == "verify":
-        from floodax._verify import run_verify
-
-        if not args.largest_rate > 0:
-            parser.error("--largest-rate must be positive")
-        if args.num_rates < 2:
-            parser.error("--num-rates must be at least 2 to fit a slope")
-        lines, ok = run_verify(
-            seed=args.seed, largest_rate=args.largest_rate, num_rates=args.num_rates
-        )
-        print("\n".join(lines))
-        return 0 if ok else 1
-    raise AssertionError(args.command)  # argparse rejects unknown commands
+    args = _parser().parse_args(argv)
+    run = {"demo": _run_demo, "verify": _run_verify}[args.command]
+    return run(args.subparser, args)

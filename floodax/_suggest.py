@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from floodax._validation import check_int, check_real
@@ -32,6 +34,41 @@ class FloodLevelSuggestion(NamedTuple):
     flood_level: float
     epoch: int
     validation_loss_rises: bool
+
+
+def _is_real(value) -> bool:
+    """Whether ``value`` is a real number or an array of them (not bool)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    )
+
+
+def _curve(name: str, values) -> np.ndarray:
+    """``values`` as a float64 array, or a ``TypeError`` naming ``name`` when
+    they are not real numbers (strings read from a log, ``None``, booleans,
+    complex numbers)."""
+    if isinstance(values, np.ndarray | jax.Array) and values.dtype.kind not in "USO":
+        bad = None if _is_real(values) else f"an array of dtype {values.dtype}"
+    else:  # each element's type, to name the first that is not a number
+        wrong = [v for v in np.asarray(values, dtype=object).ravel() if not _is_real(v)]
+        if wrong and isinstance(wrong[0], str):
+            raise TypeError(
+                f"`{name}` must hold one real number per epoch, got the string "
+                f"{wrong[0]!r}. Convert the strings first, e.g. "
+                f"`{name}=[float(v) for v in {name}]`."
+            )
+        bad = f"{type(wrong[0]).__name__} {wrong[0]!r}" if wrong else None
+    if bad is not None:
+        raise TypeError(
+            f"`{name}` must hold one real number per epoch, got {bad}. Pass each "
+            "epoch's loss as an int or float (or a real NumPy/JAX array)."
+        )
+    return np.asarray(values, np.float64)
 
 
 def suggest_flood_level(
@@ -65,7 +102,8 @@ def suggest_flood_level(
       ValueError: the curves differ in length, are empty, not 1-D, not
         finite or (training) negative, or ``fraction``/``patience`` are out
         of range.
-      TypeError: ``fraction`` is not a real number or ``patience`` not an
+      TypeError: the curves hold something other than real numbers (e.g.
+        strings), ``fraction`` is not a real number or ``patience`` not an
         integer.
 
     Examples:
@@ -77,8 +115,8 @@ def suggest_flood_level(
       >>> print(s.epoch, round(s.flood_level, 4), s.validation_loss_rises)
       21 0.0612 True
     """
-    train = np.asarray(train_losses, np.float64)
-    val = np.asarray(val_losses, np.float64)
+    train = _curve("train_losses", train_losses)
+    val = _curve("val_losses", val_losses)
     if train.ndim != 1 or val.ndim != 1 or train.shape != val.shape or len(train) == 0:
         raise ValueError(
             "`train_losses` and `val_losses` must be 1-D per-epoch curves of the "

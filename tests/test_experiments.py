@@ -769,33 +769,6 @@ def test_demo_reports_the_run_that_chose_the_level(tmp_path, capsys):
     assert results["baseline"]["test_accuracy"] == sweep["test_accuracy"][0]
 
 
-def test_demo_announces_a_long_run_before_it_starts(tmp_path, capsys, monkeypatch):
-    from floodax.experiments import demo
-
-    monkeypatch.setattr(demo, "DEFAULT_MINUTES", 0.0)
-    main(
-        [
-            "demo",
-            "--dataset",
-            "gaussians",
-            "--epochs",
-            "2",
-            "--width",
-            "8",
-            "--depth",
-            "1",
-            "--flood-level",
-            "0.2",
-            "--out",
-            str(tmp_path),
-            "--no-progress",
-        ]
-    )
-    printed = capsys.readouterr().out
-    note = printed.index("note: this run will take about")
-    assert note < printed.index("trained 2 flood levels")
-
-
 def _fake_sweep(test_accuracy, best_index, levels):
     return SweepResult(
         flood_levels=np.asarray(levels),
@@ -822,6 +795,27 @@ def test_demo_flags_a_near_chance_baseline_and_an_edge_level():
     assert warnings_for(_fake_sweep([0.25, 0.3, 0.7, 0.8], 2, levels), 10, 4) == []
 
 
+def test_demo_flags_a_flooded_run_at_chance():
+    levels = [0.0, 0.1, 0.8]
+    # The level reported as flooding (--flood-level 0.8), not the sweep's pick.
+    sweep = _fake_sweep([0.9, 0.95, 0.52], 1, levels)
+    assert warnings_for(sweep, 2, 3) == []
+    (note,) = warnings_for(sweep, 2, 3, chosen=2)
+    assert note.startswith("the flooded run (b = 0.8) is no better than chance")
+    assert "52.0% test accuracy against 50% for guessing" in note
+    # 0.8 >= ln 2: the level itself keeps the loss at that of a uniform guess.
+    assert f"ln 2 = {np.log(2):.3f}" in note and "give a lower level" in note
+    # Three classes: 0.35 is near chance (1/3), and 0.8 < ln 3 = 1.099 is
+    # not the reason.
+    (note,) = warnings_for(_fake_sweep([0.9, 0.95, 0.35], 1, levels), 3, 3, chosen=2)
+    assert "ln 3" not in note and "train longer" in note
+    # Near chance means below chance + 10 % of the way to 1: 0.55 for two classes.
+    assert warnings_for(_fake_sweep([0.9, 0.95, 0.55], 1, levels), 2, 3, chosen=2) == []
+    # The baseline as the flooding row is flagged as not helping, not twice.
+    notes = warnings_for(_fake_sweep([0.5, 0.5, 0.5], 0, levels), 2, 3)
+    assert not any("the flooded run" in n for n in notes)
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -829,7 +823,7 @@ def test_demo_flags_a_near_chance_baseline_and_an_edge_level():
         (["--grid", "0:0.5:-1"], "is not a grid"),
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--label-noise", "2"], "--label-noise must lie in"),
-        (["--flood-level", "-0.1"], "--flood-level must be non-negative"),
+        (["--flood-level", "-0.1"], "--flood-level must be positive"),
         (["--dataset", "mnist"], "invalid choice: 'mnist'"),
         (["--flood-level", "0.1", "--grid", "0,0.1"], "not allowed with argument"),
     ],

@@ -61,3 +61,52 @@ def test_suggest_flood_level_bad_input():
         floodax.suggest_flood_level([1.0], [1.0], fraction=0.0)
     with pytest.raises(ValueError, match="`patience` must be an int"):
         floodax.suggest_flood_level([1.0], [1.0], patience=0)
+
+
+@pytest.mark.parametrize(
+    "curve, match",
+    [
+        (
+            ["0.9", "0.5"],
+            r"got the string '0.9'\. Convert the strings first, e\.g\. "
+            r"`train_losses=\[float\(v\) for v in train_losses\]`",
+        ),
+        (["a", "b"], "got the string 'a'"),
+        ("0.9", "got the string '0.9'"),
+        ([0.9, None], "got NoneType None"),
+        (None, "got NoneType None"),
+        ([0.9, True], "got bool True"),
+        ([0.9, 1 + 2j], r"got complex \(1\+2j\)"),
+        (np.array([True, False]), "got an array of dtype bool"),
+        (np.array([0.9, 0.5], np.complex64), "got an array of dtype complex64"),
+        (np.array(["0.9", "0.5"]), "got the string '0.9'"),
+        (np.array([0.9, None]), "got NoneType None"),
+    ],
+)
+@pytest.mark.parametrize("name", ["train_losses", "val_losses"])
+def test_suggest_flood_level_names_curves_that_are_not_numbers(curve, match, name):
+    curves = {"train_losses": [1.0, 0.9], "val_losses": [1.0, 0.9], name: curve}
+    prefix = f"`{name}` must hold one real number per epoch, "
+    with pytest.raises(TypeError, match=prefix + match.replace("train_losses", name)):
+        floodax.suggest_flood_level(**curves)
+
+
+def test_suggest_flood_level_takes_numbers_of_any_real_kind():
+    import jax.numpy as jnp
+
+    val = [1.0, 0.5, 0.6, 0.7, 0.8]
+    expected = floodax.suggest_flood_level([1.0, 0.5, 0.25, 0.125, 0.0625], val)
+    assert expected == (0.25, 1, True)
+    halves = [1.0, 0.5, 0.25, 0.125, 0.0625]  # exact in bfloat16
+    for train in (
+        [jnp.asarray(v, jnp.bfloat16) for v in halves],  # np.asarray alone fails
+        jnp.asarray(halves, jnp.bfloat16),
+        [np.float32(v) for v in halves],
+        (1, 0.5, 0.25, 0.125, 0.0625),
+    ):
+        assert floodax.suggest_flood_level(train, val) == expected
+    assert floodax.suggest_flood_level([4, 2, 1, 1, 1], [3, 2, 2, 2, 2]) == (
+        1.0,
+        1,
+        True,
+    )
