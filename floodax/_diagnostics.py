@@ -21,33 +21,62 @@ from floodax._validation import check_int, check_real
 WHICH = ("largest", "smallest")
 
 
+def _check_params(params: Any) -> Any:
+    """``params`` with every leaf an array, checked to be floating point.
+
+    The diagnostics move or differentiate every leaf, so an integer or
+    boolean leaf (a step counter, a mask) cannot be one of them.
+    """
+    params = jax.tree.map(jnp.asarray, params)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise TypeError(
+                f"`params` has a leaf of dtype {leaf.dtype} at "
+                f"{jax.tree_util.keystr(path) or 'the root'}; the diagnostics "
+                "differentiate and move every leaf, and integer or boolean "
+                "leaves have no gradient. Keep integer state out of the "
+                "parameters: pass it in `*args` (the batch) or close over it "
+                "in `loss_fn`."
+            )
+    return params
+
+
 def _scalar_loss(loss_fn: Callable[..., Any], params: Any, args: tuple) -> Callable:
     """``loss_fn`` of the parameters alone, checked to return a float scalar."""
     out = jax.eval_shape(loss_fn, params, *args)
-    if (
-        not hasattr(out, "shape")
-        or out.shape != ()
-        or not jnp.issubdtype(out.dtype, jnp.floating)
-    ):
-        raise ValueError(
-            "`loss_fn` must return a scalar floating-point loss, got "
-            f"{getattr(out, 'shape', type(out).__name__)} "
-            f"{getattr(out, 'dtype', '')}; reduce the per-example losses "
-            "(e.g. with .mean())."
+    if isinstance(out, tuple | list):
+        fix = (
+            "; for a loss that returns `(loss, aux)`, pass "
+            "`lambda p, *a: loss_fn(p, *a)[0]`"
         )
-    return lambda p: loss_fn(p, *args)
+    elif not hasattr(out, "shape"):
+        fix = ""
+    elif out.shape != ():
+        fix = "; reduce the per-example losses (e.g. with .mean())"
+    elif not jnp.issubdtype(out.dtype, jnp.floating):
+        fix = "; compute the loss in floating point (e.g. `.astype(jnp.float32)`)"
+    else:
+        return lambda p: loss_fn(p, *args)
+    raise ValueError(
+        "`loss_fn` must return a scalar floating-point loss, got "
+        f"{getattr(out, 'shape', type(out).__name__)} "
+        f"{getattr(out, 'dtype', '')}{fix}."
+    )
 
 
 class HessianEigenvalues(NamedTuple):
     """What :func:`hessian_eigenvalues` returns.
 
     Attributes:
-      eigenvalues: ``(k,)``, the ``k`` extreme eigenvalues, the most extreme
+      eigenvalues: ``(k,)``, the ``k`` extreme Ritz values, the most extreme
         first (descending for ``"largest"``, ascending for ``"smallest"``).
       eigenvectors: a pytree like ``params`` whose leaves have a leading axis
-        ``k`` (unit vectors), or ``None`` unless requested.
-      residuals: ``(k,)``, ``‖H·v − λ·v‖`` for each pair: how well the Ritz
-        pair has converged (0 for an exact eigenpair).
+        ``k`` (orthonormal Ritz vectors), or ``None`` unless requested.
+      residuals: ``(k,)``, ``r_i = ‖H·u_i − λ_i·u_i‖`` for each pair,
+        computed with one more Hessian-vector product each. The interval
+        ``[λ_i − r_i, λ_i + r_i]`` contains an eigenvalue of ``H``, but not
+        necessarily the ``i``-th: see :func:`hessian_eigenvalues` for what
+        is guaranteed.
 
     Examples:
       >>> import jax.numpy as jnp, floodax
@@ -71,30 +100,60 @@ def hessian_eigenvalues(
     num_iterations: int | None = None,
     return_eigenvectors: bool = False,
     key: jax.Array | None = None,
+    block_size: int | None = None,
 ) -> HessianEigenvalues:
-    r"""The ``k`` extreme eigenvalues of the Hessian, by Lanczos iteration.
+    r"""The ``k`` extreme eigenvalues of the Hessian, by block Lanczos iteration.
 
-    Builds an orthonormal basis ``V`` of the Krylov space
-    ``span{v, Hv, H²v, …}`` from Hessian-vector products (never forming
-    ``H``), with full reorthogonalisation against every earlier vector, and
-    returns the extreme eigenvalues of the tridiagonal ``T = VᵀHV`` (the Ritz
-    values): the largest is the usual sharpness, ``which="smallest"`` finds
-    negative curvature, a saddle point's escape direction. Extreme
-    eigenvalues converge first; with ``num_iterations`` equal to the number
-    of parameters the result is exact up to rounding. An invariant subspace
-    found early (a breakdown: a residual below ``100·eps`` relative to the
-    largest Ritz value or off-diagonal so far, so that a spectrum at any
-    scale is treated alike) is continued from a fresh random vector
-    orthogonal to ``V``. The iteration runs in at least float32 (the
-    Hessian-vector products in the parameters' own dtypes). With the default
-    ``num_iterations`` the ``k``-th value of a dense spectrum can still be
-    off: the returned ``residuals`` ``‖H·u − λ·u‖`` say how far, and more
-    iterations bring them down.
+    Builds an orthonormal basis ``V`` (``m = num_iterations`` vectors) of the
+    block Krylov space ``span{V₀, HV₀, H²V₀, …}`` of ``b = block_size``
+    random start vectors ``V₀``, one Hessian-vector product per vector
+    (never forming ``H``), with full reorthogonalisation (classical
+    Gram-Schmidt, twice) against every earlier vector, and returns the
+    extreme eigenvalues ``λ_i`` of ``T = VᵀHV`` (the Ritz values), every
+    entry of ``T`` taken from the products as computed. The largest is the
+    usual sharpness; ``which="smallest"`` finds negative curvature, a saddle
+    point's escape direction. When a product ``H·v`` lies in the span of the
+    basis (an invariant subspace: Gram-Schmidt leaves no more than its own
+    rounding, ``n·eps·‖H·v‖``), the space is continued from a fresh random
+    vector orthogonal to ``V``. The iteration runs in at least float32 (the
+    Hessian-vector products in the parameters' own dtypes).
 
-    Pure and jit-compatible (``k``, ``which``, ``num_iterations`` and
-    ``return_eigenvectors`` are static). Costs ``num_iterations``
-    Hessian-vector products and ``num_iterations + 1`` vectors of the
-    parameters' size.
+    What is guaranteed, up to rounding (Parlett, 1998):
+
+    * each interval ``[λ_i − r_i, λ_i + r_i]``, with ``r_i`` the returned
+      ``residuals``, contains an eigenvalue of ``H`` (not necessarily the
+      ``i``-th: it can be one further in), and ``k`` distinct eigenvalues
+      (counted with multiplicity) lie within ``(Σ_j r_j²)^½`` of the ``k``
+      Ritz values (Kahan's theorem);
+    * the Ritz values never overshoot: the ``i``-th largest Ritz value is at
+      most the ``i``-th largest eigenvalue (``"smallest"``: at least the
+      ``i``-th smallest), by Cauchy's interlacing theorem;
+    * where ``δ``, the distance from ``λ_i`` to every eigenvalue but the
+      nearest one ``λ``, is known, ``|λ_i − λ| ≤ r_i²/δ`` (the gap theorem);
+    * with ``num_iterations`` equal to the number of parameters ``n``, ``V``
+      spans the whole space and the values are those of ``H`` to within
+      about ``n·eps·‖H‖``.
+
+    Not guaranteed: that no eigenvalue beyond ``λ_1`` was missed (nor, for
+    ``i > 1``, that the ``i``-th one was found rather than a smaller one).
+    That depends on the random start having a component along its
+    eigenvector, true with probability one, but the component can be small
+    and make convergence slow. A single start vector (``block_size=1``)
+    sees a multiple eigenvalue once: its Krylov space holds one vector of
+    each eigenspace (only rounding, or a restart after a breakdown, brings
+    in another, late or never), so ``[10, 10, 9, …]`` gives ``10, 9`` with
+    small residuals. A block of ``b`` start vectors resolves multiplicities
+    up to ``b``, and a cluster of up to ``b`` eigenvalues converges at a
+    rate set by its gap to the rest of the spectrum, not by the gaps inside
+    it (Golub and Underwood, 1977); the default ``b = k`` finds, once
+    converged, the ``k`` extreme eigenvalues counted with multiplicity.
+    When the residuals are not small against the gaps you care about,
+    increase ``num_iterations``.
+
+    Pure and jit-compatible (``k``, ``which``, ``num_iterations``,
+    ``block_size`` and ``return_eigenvectors`` are static). Costs
+    ``num_iterations + k`` Hessian-vector products and ``num_iterations``
+    vectors of the parameters' size.
 
     Args:
       loss_fn: scalar loss, ``loss_fn(params, *args)``.
@@ -102,17 +161,22 @@ def hessian_eigenvalues(
       *args: the batch, passed on to ``loss_fn``.
       k: how many eigenvalues, ``1 <= k <= n`` for ``n`` parameters.
       which: ``"largest"`` or ``"smallest"`` (algebraically).
-      num_iterations: Lanczos steps ``m``, ``k <= m <= n``; by default
-        ``min(n, max(2k, 20) + k)``.
+      num_iterations: the dimension ``m`` of the Krylov space, one
+        Hessian-vector product each, ``max(k, b) <= m <= n``; by default
+        ``min(n, max(2k, 20·b) + k)`` (about 20 block steps).
       return_eigenvectors: also return the Ritz vectors as pytrees.
-      key: PRNG key of the starting vector (default ``jax.random.key(0)``).
+      key: PRNG key of the start vectors (default ``jax.random.key(0)``).
+      block_size: ``b``, the number of start vectors, ``1 <= b <= n``; by
+        default ``k``.
 
     Returns:
       A :class:`HessianEigenvalues`.
 
     Raises:
-      ValueError: ``k`` larger than the number of parameters, a bad
-        ``which`` or ``num_iterations``, a loss that is not a float scalar.
+      ValueError: ``k`` or ``block_size`` larger than the number of
+        parameters, a bad ``which`` or ``num_iterations``, a loss that is
+        not a float scalar.
+      TypeError: a leaf of ``params`` that is not floating point.
 
     Examples:
       >>> import jax.numpy as jnp, floodax
@@ -122,17 +186,35 @@ def hessian_eigenvalues(
       >>> print(out.eigenvalues.round(4))  # ±√13: the Hessian [[2, 3], [3, -2]]
       [-3.6056  3.6056]
 
+      A double top eigenvalue: one start vector spans an invariant subspace
+      of three vectors that holds one of its eigenvectors, with zero
+      residuals; the default block of ``k = 2`` finds both:
+
+      >>> scales = jnp.array([10.0, 10.0, 9.0, 1.0, 1.0, 1.0])
+      >>> loss_fn = lambda w: 0.5 * jnp.sum(scales * w**2)
+      >>> one = floodax.hessian_eigenvalues(loss_fn, jnp.ones(6), k=2,
+      ...                                   num_iterations=3, block_size=1)
+      >>> print(one.eigenvalues.round(4), one.residuals < 1e-4)
+      [10.  9.] [ True  True]
+      >>> two = floodax.hessian_eigenvalues(loss_fn, jnp.ones(6), k=2,
+      ...                                   num_iterations=5)
+      >>> print(two.eigenvalues.round(4), two.residuals < 1e-4)
+      [10. 10.] [ True  True]
+
     References:
       Lanczos, "An Iteration Method for the Solution of the Eigenvalue Problem
       of Linear Differential and Integral Operators", J. Res. Nat. Bur.
       Standards, 1950.
+      Golub and Underwood, "The Block Lanczos Method for Computing
+      Eigenvalues", Mathematical Software III, 1977.
+      Parlett, "The Symmetric Eigenvalue Problem", SIAM, 1998 (Chapters 10
+      and 11: interlacing, residual and gap bounds, Kahan's theorem).
       Ghorbani, Krishnan and Xiao, "An Investigation into Neural Net
       Optimization via Hessian Eigenvalue Density", ICML 2019.
     """
+    params = _check_params(params)
     value_fn = _scalar_loss(loss_fn, params, args)
     flat, unravel = ravel_pytree(params)
-    if not jnp.issubdtype(flat.dtype, jnp.floating):
-        raise ValueError(f"`params` must be floating point, got {flat.dtype}.")
     n = flat.size
     check_int("k", k, minimum=1)
     if k > n:
@@ -142,66 +224,86 @@ def hessian_eigenvalues(
         )
     if which not in WHICH:
         raise ValueError(f"`which` must be one of {WHICH}, got {which!r}.")
-    m = min(n, max(2 * k, 20) + k) if num_iterations is None else num_iterations
-    check_int("num_iterations", m, minimum=k)
+    b = k if block_size is None else block_size
+    check_int("block_size", b, minimum=1)
+    if b > n:
+        raise ValueError(
+            f"`block_size` ({b}) must be at most the number of parameters ({n})."
+        )
+    if num_iterations is None:
+        m = min(n, max(2 * k, 20 * b) + k)
+    else:
+        m = num_iterations
+        check_int(
+            "num_iterations",
+            m,
+            minimum=max(k, b),
+            fix=f" (at least `k` ({k}) and `block_size` ({b}))",
+        )
     if m > n:
         raise ValueError(
             f"`num_iterations` ({m}) must be at most the number of parameters ({n})."
         )
     key = jax.random.key(0) if key is None else key
     dtype = accumulation_dtype(params)
+    eps = jnp.finfo(dtype).eps
 
     def matvec(v: jax.Array) -> jax.Array:
         tangent = unravel(v.astype(flat.dtype))
         product = hessian_vector_product(value_fn, params, tangent)
         return ravel_pytree(product)[0].astype(dtype)
 
-    def orthogonalise(w: jax.Array, basis: jax.Array) -> jax.Array:
-        # Twice, as Kahan's "twice is enough" for classical Gram-Schmidt.
+    def orthogonalise(w: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
+        # Classical Gram-Schmidt twice ("twice is enough", Kahan/Parlett);
+        # the coefficients are those of w on each basis vector.
+        coefficients = jnp.zeros(basis.shape[0], dtype)
         for _ in range(2):
-            w = w - basis.T @ (basis @ w)
-        return w
+            c = basis @ w
+            w = w - basis.T @ c
+            coefficients = coefficients + c
+        return w, coefficients
 
-    def fresh(key: jax.Array, basis: jax.Array) -> jax.Array:
-        w = orthogonalise(jax.random.normal(key, (n,), dtype), basis)
+    def fresh(w: jax.Array, basis: jax.Array) -> jax.Array:
+        w, _ = orthogonalise(w, basis)
         return w / jnp.linalg.norm(w)
 
-    keys = jax.random.split(key, m + 1)
-    basis = jnp.zeros((m + 1, n), dtype)
-    basis = basis.at[0].set(fresh(keys[0], basis))
+    start_key, restart_key = jax.random.split(key)
+    basis = jnp.zeros((m, n), dtype)
+    for i, w in enumerate(jax.random.normal(start_key, (b, n), dtype)):
+        basis = basis.at[i].set(fresh(w, basis))
 
     def body(j, carry):
-        basis, alphas, betas = carry
-        v = basis[j]
-        w = matvec(v)
-        alpha = v @ w
-        # Rows j+1.. are still zero, so this subtracts the projections on
-        # v_0 … v_j only.
-        w = orthogonalise(w, basis)
-        beta = jnp.linalg.norm(w)
-        # ‖T‖ estimated from the tridiagonal so far: relative, so that a
-        # Hessian scaled by 1e-7 breaks down exactly where the unscaled does.
-        scale = jnp.max(jnp.abs(jnp.concatenate([alphas, betas, alpha[None]])))
-        broke = beta <= 100 * jnp.finfo(dtype).eps * scale
+        basis, projected = carry
+        w = matvec(basis[j])
+        # Rows j+b.. are still zero: w is orthogonalised against v_0 … v_{j+b-1},
+        # and coefficients[i] = v_iᵀ·H·v_j for every i <= j.
+        w_norm = jnp.linalg.norm(w)
+        w, coefficients = orthogonalise(w, basis)
+        norm = jnp.linalg.norm(w)
+        # H·v_j lies in the span of the basis (an invariant subspace) when
+        # Gram-Schmidt leaves no more than its own rounding error, about
+        # n·eps·‖H·v_j‖; then a fresh random direction continues the space.
+        broke = norm <= n * eps * w_norm
         nxt = jnp.where(
-            broke, fresh(keys[j + 1], basis), w / jnp.where(broke, 1.0, beta)
+            broke,
+            fresh(
+                jax.random.normal(jax.random.fold_in(restart_key, j), (n,), dtype),
+                basis,
+            ),
+            w / jnp.where(broke, 1.0, norm),
         )
-        beta = jnp.where(broke, 0.0, beta)
-        return basis.at[j + 1].set(nxt), alphas.at[j].set(alpha), betas.at[j].set(beta)
+        # The vectors past the m-th are not needed: drop them.
+        basis = basis.at[j + b].set(nxt, mode="drop")
+        return basis, projected.at[:, j].set(coefficients)
 
-    basis, alphas, betas = jax.lax.fori_loop(
-        0, m, body, (basis, jnp.zeros(m, dtype), jnp.zeros(m, dtype))
-    )
-    tridiagonal = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-    ritz, vectors = jnp.linalg.eigh(tridiagonal)
+    basis, projected = jax.lax.fori_loop(0, m, body, (basis, jnp.zeros((m, m), dtype)))
+    # T = VᵀHV from its upper triangle, each entry v_iᵀ(H·v_j) as computed.
+    ritz, vectors = jnp.linalg.eigh(jnp.triu(projected) + jnp.triu(projected, 1).T)
     order = jnp.arange(m - 1, m - 1 - k, -1) if which == "largest" else jnp.arange(k)
     values = ritz[order]
-    ritz_vectors = (basis[:m].T @ vectors[:, order]).T  # (k, n)
-    residuals = jnp.stack(
-        [
-            jnp.linalg.norm(matvec(u) - lam * u)
-            for u, lam in zip(ritz_vectors, values, strict=True)
-        ]
+    ritz_vectors = (basis.T @ vectors[:, order]).T  # (k, n)
+    residuals = jnp.linalg.norm(
+        jax.lax.map(matvec, ritz_vectors) - values[:, None] * ritz_vectors, axis=1
     )
     eigenvectors = jax.vmap(unravel)(ritz_vectors) if return_eigenvectors else None
     return HessianEigenvalues(values, eigenvectors, residuals)
@@ -223,12 +325,17 @@ def grad_norm(
     Returns:
       A scalar of at least float32.
 
+    Raises:
+      ValueError: a loss that is not a float scalar.
+      TypeError: a leaf of ``params`` that is not floating point.
+
     Examples:
       >>> import jax.numpy as jnp, floodax
       >>> print(floodax.grad_norm(lambda w, x: jnp.sum(w * x), jnp.ones(2),
       ...                         jnp.array([3.0, 4.0])))
       5.0
     """
+    params = _check_params(params)
     value_fn = _scalar_loss(loss_fn, params, args)
     return jnp.sqrt(squared_norm(jax.grad(value_fn)(params)))
 
@@ -335,6 +442,7 @@ def loss_landscape(
     Raises:
       ValueError: ``directions`` not 1 or 2, a non-positive ``radius``, too
         few points, a loss that is not a float scalar.
+      TypeError: a leaf of ``params`` that is not floating point.
 
     Examples:
       >>> import jax, jax.numpy as jnp, floodax
@@ -350,6 +458,7 @@ def loss_landscape(
       Li, Xu, Taylor, Studer and Goldstein, "Visualizing the Loss Landscape
       of Neural Nets", NeurIPS 2018.
     """
+    params = _check_params(params)
     value_fn = _scalar_loss(loss_fn, params, args)
     if directions not in (1, 2) or isinstance(directions, bool):
         raise ValueError(f"`directions` must be 1 or 2, got {directions!r}.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -86,16 +87,24 @@ def test_eigenvectors_are_unit_pytrees_with_small_residuals(mlp):
         np.testing.assert_allclose(hessian @ v, lam * v, atol=1e-9)
 
 
-def test_repeated_eigenvalues_survive_a_lanczos_breakdown():
-    # H = diag(5, 5, 5, 1, 1, 1, 1, 1): the Krylov space of any start vector
-    # has dimension 2, so the iteration breaks down and must restart to find
-    # the multiplicity.
+@pytest.mark.parametrize("block_size", [1, None])
+def test_repeated_eigenvalues_survive_a_lanczos_breakdown(block_size):
+    # H = diag(5, 5, 5, 1, 1, 1, 1, 1): the Krylov space of one start vector
+    # has dimension 2 (of the default blocks of 4 and 5: 7), so the
+    # iteration breaks down and must restart to find the multiplicity.
     scales = jnp.array([5.0, 5.0, 5.0, 1.0, 1.0, 1.0, 1.0, 1.0])
     loss_fn = lambda w: 0.5 * jnp.sum(scales * w**2)  # noqa: E731
-    out = floodax.hessian_eigenvalues(loss_fn, jnp.ones(8), k=4, num_iterations=8)
+    out = floodax.hessian_eigenvalues(
+        loss_fn, jnp.ones(8), k=4, num_iterations=8, block_size=block_size
+    )
     np.testing.assert_allclose(out.eigenvalues, [5.0, 5.0, 5.0, 1.0], rtol=1e-10)
     low = floodax.hessian_eigenvalues(
-        loss_fn, jnp.ones(8), k=5, which="smallest", num_iterations=8
+        loss_fn,
+        jnp.ones(8),
+        k=5,
+        which="smallest",
+        num_iterations=8,
+        block_size=block_size,
     )
     np.testing.assert_allclose(low.eigenvalues, np.ones(5), rtol=1e-10)
 
@@ -130,20 +139,26 @@ def _clustered_quadratic(n=60):
     return lambda w: 0.5 * w @ a @ w, jnp.ones(n)
 
 
-def test_default_num_iterations_and_key():
-    # Documented: num_iterations = min(n, max(2k, 20) + k), key = key(0).
+def test_default_num_iterations_block_size_and_key():
+    # Documented: block_size = k, num_iterations = min(n, max(2k, 20·b) + k),
+    # key = key(0).
     loss_fn, w = _clustered_quadratic()
-    for k, m in ((1, 21), (12, 36)):
+    for k, m in ((1, 21), (2, 42)):
         default = floodax.hessian_eigenvalues(loss_fn, w, k=k).residuals
         explicit = floodax.hessian_eigenvalues(
-            loss_fn, w, k=k, num_iterations=m, key=jax.random.key(0)
+            loss_fn, w, k=k, num_iterations=m, key=jax.random.key(0), block_size=k
         ).residuals
         np.testing.assert_array_equal(default, explicit)
         for other in (m - 1, m + 1):
             residuals = floodax.hessian_eigenvalues(
-                loss_fn, w, k=k, num_iterations=other
+                loss_fn, w, k=k, num_iterations=other, block_size=k
             ).residuals
             assert not np.array_equal(default, residuals)
+    # The block size is used: one start vector differs from the default two.
+    single = floodax.hessian_eigenvalues(
+        loss_fn, w, k=2, num_iterations=42, block_size=1
+    ).residuals
+    assert not np.array_equal(default, single)
     other_key = floodax.hessian_eigenvalues(loss_fn, w, key=jax.random.key(1))
     assert not np.array_equal(
         floodax.hessian_eigenvalues(loss_fn, w).residuals, other_key.residuals
@@ -194,12 +209,57 @@ def test_bad_input():
         floodax.loss_landscape(loss_fn, jnp.ones(3), radius=0.0)
     with pytest.raises(ValueError, match="`num_points` must be an integer >= 2"):
         floodax.loss_landscape(loss_fn, jnp.ones(3), num_points=1)
-    with pytest.raises(ValueError, match="`params` must be floating point, got int32"):
-        floodax.hessian_eigenvalues(lambda w: jnp.sum(w * 1.0), jnp.ones(3, jnp.int32))
     with pytest.raises(ValueError, match="`k` must be an integer >= 1"):
         floodax.hessian_eigenvalues(loss_fn, jnp.ones(3), k=0)
     with pytest.raises(ValueError, match="`batch_size` must be an integer >= 1"):
         floodax.loss_landscape(loss_fn, jnp.ones(3), batch_size=0)
+
+
+def test_integer_leaves_and_bad_losses_are_named():
+    # An integer leaf once reached jax.grad or jax.random.normal raw.
+    params = {"w": jnp.ones((2, 2)), "step": jnp.ones((2, 2), jnp.int32)}
+    loss_fn = lambda p: jnp.sum(p["w"] ** 2)  # noqa: E731
+    leaf = r"`params` has a leaf of dtype int32 at \['step'\].*pass it in `\*args`"
+    for call in (
+        lambda: floodax.hessian_eigenvalues(loss_fn, params),
+        lambda: floodax.grad_norm(loss_fn, params),
+        lambda: floodax.loss_landscape(loss_fn, params),
+    ):
+        with pytest.raises(TypeError, match=leaf):
+            call()
+    with pytest.raises(TypeError, match="dtype int32 at the root"):
+        floodax.hessian_eigenvalues(lambda w: jnp.sum(w * 1.0), jnp.ones(3, jnp.int32))
+    with pytest.raises(TypeError, match="dtype bool at"):
+        floodax.loss_landscape(lambda w: jnp.sum(w * 1.0), jnp.ones((3, 2), bool))
+    w = jnp.ones(3)
+    with pytest.raises(ValueError, match=r"\(loss, aux\)`, pass .*\[0\]"):
+        floodax.hessian_eigenvalues(lambda w: (jnp.sum(w**2), {}), w)
+    with pytest.raises(ValueError, match=r"got \(\) int\d+; compute the loss in"):
+        floodax.grad_norm(lambda w: jnp.sum(w > 0), w)
+    with pytest.raises(ValueError, match=r"got \(3,\) float\d+; reduce the per-"):
+        floodax.loss_landscape(lambda w: w**2, w)
+    with pytest.raises(ValueError, match="`block_size` must be an integer >= 1"):
+        floodax.hessian_eigenvalues(loss_fn, params | {"step": w}, block_size=0)
+    with pytest.raises(ValueError, match=r"`block_size` \(4\) must be at most"):
+        floodax.hessian_eigenvalues(lambda w: jnp.sum(w**2), w, block_size=4)
+    with pytest.raises(
+        ValueError,
+        match=r">= 2, got 1 \(at least `k` \(1\) and `block_size` \(2\)\)",
+    ):
+        floodax.hessian_eigenvalues(
+            lambda w: jnp.sum(w**2), w, num_iterations=1, block_size=2
+        )
+
+
+def test_python_number_leaves_are_arrays():
+    # A leaf that is a Python float once raised AttributeError (no .ndim).
+    square = lambda p: jnp.sum(jnp.asarray(p["w"]) ** 2) + 3.0 * p["b"] ** 2  # noqa: E731
+    params = {"w": jnp.ones((2, 2)), "b": 1.0}
+    land = floodax.loss_landscape(square, params, num_points=3)
+    np.testing.assert_array_equal(land.directions["b"], 0.0)
+    np.testing.assert_allclose(land.losses[1], 7.0)
+    top = floodax.hessian_eigenvalues(square, params, num_iterations=5, k=2)
+    np.testing.assert_allclose(top.eigenvalues, [6.0, 2.0], rtol=1e-6)
 
 
 def test_documented_defaults():
@@ -359,4 +419,181 @@ def test_landscape_grid_is_uniform_whatever_the_first_leaf():
     np.testing.assert_array_equal(land.alphas, -land.alphas[::-1])
     assert land.alphas[3] == 0 and land.losses[3] == loss(
         {"w": params["a"], "v": params["v"]}
+    )
+
+
+EPS = np.finfo(np.float64).eps
+
+
+def _quadratic(w, a):
+    return 0.5 * w @ a @ w
+
+
+def _random_spectrum(rng, kind, n):
+    """Spectra Lanczos finds hard: wide condition numbers, multiple and
+    clustered extremes, both signs."""
+    if kind == "conditioned":  # |λ| log-uniform over up to 14 decades
+        decades = rng.uniform(1, 14)
+        values = 10 ** rng.uniform(0, decades, n) * rng.choice([-1, 1], n)
+        values[:2] = 1.0, 10**decades
+        return values * 10 ** rng.uniform(-3, 3)
+    values = rng.normal(size=n) * 10 ** rng.uniform(-2, 2)
+    ends = (values.argmax(), values.argmin())
+    size = rng.integers(2, 4)
+    for end in ends:
+        others = rng.choice(np.delete(np.arange(n), ends), size - 1, replace=False)
+        width = 0.0 if kind == "multiple" else 1e-3 * abs(values[end])
+        values[others] = values[end] - np.sign(values[end] - values.mean()) * (
+            width * rng.random(size - 1)
+        )
+    return values
+
+
+def _random_matrices(seed, n, count):
+    """``count`` symmetric matrices ``Q·diag(λ)·Qᵀ``, random orthogonal ``Q``."""
+    rng = np.random.default_rng(seed)
+    kinds = ("conditioned", "multiple", "clustered")
+    out = []
+    for i in range(count):
+        values = _random_spectrum(rng, kinds[i % 3], n)
+        q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+        a = (q * values) @ q.T
+        out.append((a + a.T) / 2)
+    return np.stack(out)
+
+
+@functools.lru_cache
+def _batched_eigenvalues(n, k, which, num_iterations, block_size=None):
+    """One compiled Lanczos over a batch of matrices of one size."""
+
+    def one(a):
+        return floodax.hessian_eigenvalues(
+            _quadratic,
+            jnp.ones(n),
+            a,
+            k=k,
+            which=which,
+            num_iterations=num_iterations,
+            block_size=block_size,
+            return_eigenvectors=True,
+        )
+
+    return jax.jit(jax.vmap(one))
+
+
+# One size for the randomised tests below, so that each `which` compiles once:
+# n = 32 parameters, the k = 3 extremes, m = 24 (8 block steps of k), a
+# batch of 30 matrices.
+N, K, M, COUNT = 32, 3, 24, 30
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_random_spectra_keep_every_documented_guarantee(which):
+    # Against numpy.linalg.eigh over random spectra (14 decades, multiple
+    # and clustered extremes, both signs) with a Krylov space of about half
+    # the dimension, so that many values have not converged: what is
+    # promised must hold anyway. Tolerance: rounding, n·eps·‖A‖.
+    matrices = _random_matrices(0 if which == "largest" else 1, N, COUNT)
+    out = _batched_eigenvalues(N, K, which, M)(jnp.asarray(matrices))
+    sign = 1.0 if which == "largest" else -1.0
+    for i, a in enumerate(matrices):
+        spectrum = np.linalg.eigvalsh(a)
+        extreme = spectrum[::-1][:K] if which == "largest" else spectrum[:K]
+        tol = N * EPS * np.abs(spectrum).max()
+        values = np.asarray(out.eigenvalues[i])
+        vectors = np.asarray(out.eigenvectors[i])
+        residuals = np.asarray(out.residuals[i])
+        # The residuals are ‖A·u − λ·u‖ of orthonormal Ritz vectors.
+        np.testing.assert_allclose(vectors @ vectors.T, np.eye(K), atol=1e-12)
+        np.testing.assert_allclose(
+            residuals,
+            np.linalg.norm(vectors @ a - values[:, None] * vectors, axis=1),
+            rtol=1e-6,
+            atol=tol,
+        )
+        # Ordered, and never beyond the i-th extreme eigenvalue (interlacing).
+        assert np.all(sign * np.diff(values) <= 0)
+        assert np.all(sign * (values - extreme) <= tol)
+        distance = np.abs(values[:, None] - spectrum[None, :])
+        nearest = distance.argmin(axis=1)
+        # An eigenvalue within each residual ...
+        assert np.all(distance[np.arange(K), nearest] <= residuals + tol)
+        # ... k distinct ones within the residuals' root sum of squares
+        # (Kahan's theorem) ...
+        radius = np.sqrt(np.sum(residuals**2)) + tol
+        candidates = [np.flatnonzero(row <= radius) for row in distance]
+        assert any(len(set(pick)) == K for pick in itertools.product(*candidates))
+        # ... and within residual² / gap of the nearest (the gap theorem).
+        for row, j, r in zip(distance, nearest, residuals, strict=True):
+            gap = np.min(np.where(spectrum == spectrum[j], np.inf, row))
+            assert row[j] <= r**2 / gap + tol
+
+
+def _separated_extremes(seed, count, which):
+    """Matrices whose 2 or 3 extreme eigenvalues are equal or 1e-3 apart,
+    five times the spread of the rest away from it (both signs)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        values = rng.uniform(-0.2, 0.0, N)
+        size = 2 + i % 2
+        width = 0.0 if i % 4 < 2 else 1e-3
+        values[:size] = 1.0 - width * rng.random(size)
+        values *= 10 ** rng.uniform(-3, 3) * (1 if which == "largest" else -1)
+        q, _ = np.linalg.qr(rng.normal(size=(N, N)))
+        a = (q * values) @ q.T
+        out.append((a + a.T) / 2)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_a_multiple_or_clustered_extreme_is_found_as_often_as_it_occurs(which):
+    # One start vector sees a multiple eigenvalue once (its Krylov space
+    # holds one vector of each eigenspace) and returns the next one instead,
+    # with a small residual; the default block of k finds every copy, and
+    # every member of a cluster, as fast as a single eigenvalue.
+    matrices = _separated_extremes(2, COUNT, which)
+    out = _batched_eigenvalues(N, K, which, M)(jnp.asarray(matrices))
+    for i, a in enumerate(matrices):
+        size = 2 + i % 2
+        spectrum = np.linalg.eigvalsh(a)
+        extreme = spectrum[::-1][:size] if which == "largest" else spectrum[:size]
+        scale = np.abs(spectrum).max()
+        values = out.eigenvalues[i, :size]
+        residuals = out.residuals[i, :size]
+        # Converged, and each value within its residual of the one it
+        # stands for.
+        assert np.all(residuals <= 1e-6 * scale)
+        np.testing.assert_allclose(
+            values, extreme, rtol=0, atol=np.max(residuals) + N * EPS * scale
+        )
+
+
+@pytest.mark.parametrize(("num_iterations", "k"), [(16, 1), (31, 3)])
+def test_a_wide_spectrum_keeps_its_small_off_diagonals(num_iterations, k):
+    # {1e8} ∪ linspace(1e-6, 1e-5, 30): past the first step the Lanczos
+    # coefficients are of order 1e-6, below a breakdown threshold of
+    # 100·eps·max|T| ≈ 2e-6, which discarded them and returned 1.64e-6 for
+    # the smallest (an error of 29·eps·‖A‖) at any num_iterations. Judged
+    # against the product's own rounding (Hessian-vector products of norm up
+    # to ‖A‖, n entries each), √n·eps·‖A‖ ≈ 1.2e-7, the smallest values are
+    # found at half the dimension (the smallest) as well as at all of it.
+    n = 31
+    values = np.concatenate([[1e8], np.linspace(1e-6, 1e-5, n - 1)])
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(n, n)))
+    a = (q * values) @ q.T
+    a = (a + a.T) / 2
+    out = floodax.hessian_eigenvalues(
+        _quadratic,
+        jnp.ones(n),
+        jnp.asarray(a),
+        k=k,
+        which="smallest",
+        num_iterations=num_iterations,
+    )
+    np.testing.assert_allclose(
+        out.eigenvalues,
+        np.linalg.eigvalsh(a)[:k],
+        rtol=0,
+        atol=np.sqrt(n) * EPS * 1e8,
     )
