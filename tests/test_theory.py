@@ -46,7 +46,7 @@ def test_theory_bad_input():
         floodax.equivalent_penalty(lambda n: 0.1, 0.01)
     with pytest.raises(ValueError, match="`ratio` is ε2/ε1"):
         floodax.equivalence_order(mlp_loss, {}, ratio=1.5)
-    with pytest.raises(ValueError, match="`num_rates` must be an int >= 2"):
+    with pytest.raises(ValueError, match="`num_rates` must be an integer >= 2"):
         floodax.equivalence_order(mlp_loss, {}, num_rates=1)
     with pytest.raises(ValueError, match="`shrink` must lie in"):
         floodax.equivalence_order(mlp_loss, {}, shrink=1.0)
@@ -54,7 +54,7 @@ def test_theory_bad_input():
         floodax.flow_order(mlp_loss, {}, shrink=0.0)
     with pytest.raises(ValueError, match="`ratio` is ε2/ε1"):
         floodax.equivalence_order(mlp_loss, {}, ratio=-0.1)
-    with pytest.raises(ValueError, match="`num_rates` must be an int >= 2"):
+    with pytest.raises(TypeError, match="`num_rates` must be an integer >= 2"):
         floodax.flow_order(mlp_loss, {}, num_rates=True)
     # Each check names its own argument (not a later one that happens to
     # fail on the same value), and shows an integer as the integer it is.
@@ -63,9 +63,10 @@ def test_theory_bad_input():
             ValueError, match=r"`largest_rate` must be positive, got 0\.0"
         ):
             order(mlp_loss, {}, largest_rate=0.0)
-    with pytest.raises(ValueError, match=r"`substeps` must be positive, got 0\.$"):
+    substeps_zero = r"`substeps` must be an integer >= 1, got 0\.$"
+    with pytest.raises(ValueError, match=substeps_zero):
         floodax.flow_order(mlp_loss, {}, substeps=0)
-    with pytest.raises(ValueError, match=r"`substeps` must be positive, got 0\.$"):
+    with pytest.raises(ValueError, match=substeps_zero):
         floodax.check_modified_flow(mlp_loss, {}, 0.1, substeps=0)
 
 
@@ -339,7 +340,11 @@ def test_order_fit_leaves_out_the_rungs_at_rounding_level():
     )
     assert report.fitted.tolist() == [True, True, False]
     assert report.derivation_order == pytest.approx(3, abs=0.1)
-    with pytest.raises(ValueError, match=r"only 1 of 3 rates give errors above"):
+    with pytest.raises(
+        ValueError,
+        match=r"only 1 of the `num_rates=3` rates, ε1 = 0.1 down to 1e-05, give "
+        r"errors above the rounding floor.*a `shrink` closer to 1",
+    ):
         floodax.equivalence_order(loss, w, largest_rate=0.1, num_rates=3, shrink=0.01)
 
 
