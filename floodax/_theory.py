@@ -282,12 +282,14 @@ class OrderReport(NamedTuple):
       first_order_order: the fitted slope of the first-order error
         (theory: 2).
       fitted: boolean mask of the rungs the slopes were fitted on: the first
-        unbroken run of rungs whose two errors lie above the rounding floor,
-        that is above the rounding level (:data:`ROUNDING_ULPS` ``·eps·‖θ‖``
-        in the parameters' dtype, plus ``eps·‖θ‖/2`` per Runge–Kutta substep
-        of a flow) and above every error at a smaller rate. Below the floor
-        the errors stop falling: they measure rounding, not the derivation,
-        and would bend the slope.
+        unbroken run of rungs whose two errors lie above the rounding floor.
+        An error is above it if it exceeds the rounding level
+        (:data:`ROUNDING_ULPS` ``·eps·‖θ‖`` in the parameters' dtype, plus
+        ``eps·‖θ‖/2`` per Runge–Kutta substep of a flow) and every error at a
+        smaller rate, and if the errors stop falling further down the
+        ladder, :data:`FLOOR_MARGIN` times the largest error from there on.
+        At the floor the errors measure rounding, not the derivation, and
+        would bend the slope.
 
     Examples:
       >>> import jax.numpy as jnp, floodax
@@ -335,11 +337,9 @@ def _rounding_level(
     return (ROUNDING_ULPS + substeps / 2) * eps * scale, dtype
 
 
-def _above_floor(errors: np.ndarray, level: float) -> np.ndarray:
-    """The rungs whose error exceeds ``level`` and every error after them (at
-    the smaller rates): where the errors stop falling they are rounding."""
-    later = np.append(np.maximum.accumulate(errors[::-1])[::-1][1:], -np.inf)
-    return (errors > level) & (errors > later)
+FLOOR_MARGIN = 10
+"""Where a ladder's errors stop falling, the largest error from there on is
+the floor measured; only errors ``FLOOR_MARGIN`` times above it are fitted."""
 
 
 def _first_run(mask: np.ndarray) -> np.ndarray:
@@ -348,6 +348,21 @@ def _first_run(mask: np.ndarray) -> np.ndarray:
     run = np.zeros_like(mask)
     run[start:] = np.logical_and.accumulate(mask[start:])
     return run
+
+
+def _above_floor(errors: np.ndarray, level: float) -> np.ndarray:
+    """The rungs of one error ladder that measure truncation, not rounding.
+
+    They are the first unbroken run of rungs whose errors exceed ``level``
+    and every error after them (at the smaller rates; where the errors stop
+    falling they are rounding), less those within ``FLOOR_MARGIN`` of the
+    largest error after the run, the floor as measured.
+    """
+    later = np.append(np.maximum.accumulate(errors[::-1])[::-1][1:], -np.inf)
+    run = _first_run((errors > level) & (errors > later))
+    end = len(run) - int(np.argmax(run[::-1]))
+    floor = errors[end:].max(initial=0.0)
+    return run & (errors > FLOOR_MARGIN * floor)
 
 
 def _check_ladder(largest_rate: Any, ratio: Any, num_rates: Any, shrink: Any) -> None:
