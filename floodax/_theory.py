@@ -31,7 +31,10 @@ import optax
 from floodax._alternate import alternate
 from floodax._penalty import grad_norm_penalty, squared_norm
 from floodax._validation import (
+    check_float_leaves,
+    check_int,
     check_rate_order,
+    check_real,
     check_scalar_hyperparam,
     highest_dtype,
 )
@@ -150,6 +153,10 @@ def _distance(a: chex.ArrayTree, b: chex.ArrayTree) -> jax.Array:
     return jnp.sqrt(squared_norm(jax.tree.map(jnp.subtract, a, b)))
 
 
+def _apply(loss_fn: Callable[..., Any], args: tuple, params: Any) -> Any:
+    return loss_fn(params, *args)
+
+
 def _two_steps(
     value_fn: Callable[[Any], Any],
     params: chex.ArrayTree,
@@ -162,6 +169,43 @@ def _two_steps(
     tx = alternate(descent_rate, ascent_rate, ascent_first=ascent_first)
     updates, _ = tx.update(grads, tx.init(params), params, value_fn=value_fn)
     return optax.apply_updates(params, updates)
+
+
+def _equivalence_endpoints(
+    value_fn: Callable[[Any], Any],
+    params: chex.ArrayTree,
+    descent_rate: Any,
+    ascent_rate: Any,
+    *,
+    ascent_first: bool,
+) -> tuple[Any, Any, Any]:
+    """The two real steps, the one-step prediction and the first-order guess;
+    the rates may be traced, so one compiled function serves every rung."""
+    grads = jax.grad(value_fn)(params)
+    two_steps = _two_steps(value_fn, params, descent_rate, ascent_rate, ascent_first)
+    penalty_grads = jax.grad(lambda p: squared_norm(jax.grad(value_fn)(p)))(params)
+    net_rate = descent_rate - ascent_rate
+    # ε1·ε2 multiplies the Hessian term (½∇‖∇L‖²) in both the penalised and
+    # the flooding form; only the first has a loss term.
+    predicted = jax.tree.map(
+        lambda p, g, gp: p - net_rate * g - descent_rate * ascent_rate / 2 * gp,
+        params,
+        grads,
+        penalty_grads,
+    )
+    first_order = jax.tree.map(lambda p, g: p - net_rate * g, params, grads)
+    return two_steps, predicted, first_order
+
+
+PARAMS_FIX = (
+    ". Pass floating-point parameters, e.g. "
+    "`jax.tree.map(lambda p: jnp.asarray(p, float), params)` (float64 under "
+    "`jax.enable_x64(True)`)"
+)
+
+
+def _check_params(who: str, params: Any) -> None:
+    check_float_leaves("params", params, who, fix=PARAMS_FIX)
 
 
 def check_equivalence(
@@ -182,7 +226,7 @@ def check_equivalence(
 
     Args:
       loss_fn: scalar loss, ``loss_fn(params, *args)``.
-      params: the starting point θ.
+      params: the starting point θ, floating point (it is differentiated).
       descent_rate: ``ε1 >= ascent_rate``.
       ascent_rate: ``ε2 >= 0``.
       *args: the batch, passed on to ``loss_fn``.
@@ -190,6 +234,10 @@ def check_equivalence(
 
     Returns:
       An :class:`EquivalenceReport`.
+
+    Raises:
+      TypeError: ``params`` has an integer or boolean leaf.
+      ValueError: a negative or non-finite rate, or ``ε1 < ε2``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, floodax
@@ -201,24 +249,16 @@ def check_equivalence(
       8
     """
     _check_rates(descent_rate, ascent_rate, strict=False)
-
-    def value_fn(p: chex.ArrayTree) -> Any:
-        return loss_fn(p, *args)
-
-    grads = jax.grad(value_fn)(params)
-    two_steps = _two_steps(value_fn, params, descent_rate, ascent_rate, ascent_first)
-
-    penalty_grads = jax.grad(lambda p: squared_norm(jax.grad(value_fn)(p)))(params)
-    net_rate = descent_rate - ascent_rate
-    # ε1·ε2 multiplies the Hessian term (½∇‖∇L‖²) in both the penalised and
-    # the flooding form; only the first has a loss term.
-    predicted = jax.tree.map(
-        lambda p, g, gp: p - net_rate * g - descent_rate * ascent_rate / 2 * gp,
+    _check_params("floodax.check_equivalence", params)
+    two_steps, predicted, first_order = _rung(
+        _equivalence_endpoints,
+        loss_fn,
         params,
-        grads,
-        penalty_grads,
+        args,
+        descent_rate,
+        ascent_rate,
+        {"ascent_first": ascent_first},
     )
-    first_order = jax.tree.map(lambda p, g: p - net_rate * g, params, grads)
     return EquivalenceReport(
         two_steps=two_steps,
         predicted=predicted,
@@ -229,7 +269,8 @@ def check_equivalence(
 
 
 class OrderReport(NamedTuple):
-    """What :func:`equivalence_order` measured over a ladder of rates.
+    """What :func:`equivalence_order` or :func:`flow_order` measured over a
+    ladder of rates.
 
     Attributes:
       descent_rates: the ladder's ``ε1`` values, a NumPy array.
@@ -240,10 +281,15 @@ class OrderReport(NamedTuple):
         (theory: 3).
       first_order_order: the fitted slope of the first-order error
         (theory: 2).
-      fitted: boolean mask of the rungs the slopes were fitted on: those
-        whose errors lie above the rounding level of the parameters' dtype
-        (``8·eps·‖θ‖``); errors at that level measure rounding, not the
-        derivation, and would bend the slope.
+      fitted: boolean mask of the rungs the slopes were fitted on: the first
+        unbroken run of rungs whose two errors lie above the rounding floor.
+        An error is above it if it exceeds the rounding level
+        (:data:`ROUNDING_ULPS` ``·eps·‖θ‖`` in the parameters' dtype, plus
+        ``eps·‖θ‖/2`` per Runge–Kutta substep of a flow) and every error at a
+        smaller rate, and if the errors stop falling further down the
+        ladder, :data:`FLOOR_MARGIN` times the largest error from there on.
+        At the floor the errors measure rounding, not the derivation, and
+        would bend the slope.
 
     Examples:
       >>> import jax.numpy as jnp, floodax
@@ -270,57 +316,105 @@ ROUNDING_ULPS = 8
 """Errors below ``ROUNDING_ULPS·eps·‖θ‖`` are rounding, not truncation."""
 
 
-def _rounding_level(params: chex.ArrayTree, endpoints: list) -> tuple[float, Any]:
+def _rounding_level(
+    params: chex.ArrayTree, endpoints: list, substeps: int = 0
+) -> tuple[float, Any]:
+    """``(ROUNDING_ULPS + substeps/2)·eps·s`` for ``s`` the largest norm among
+    the parameters and the rungs' endpoints, and the parameters' dtype.
+
+    A step rounds θ by an ulp or so. Each substep of a flow adds to θ once
+    more and rounds each coordinate by up to half an ulp (``eps·|θᵢ|/2``); at
+    small rates every substep adds nearly the same increment, so these
+    roundings align and add up: on the ``floodax verify`` MLP in float64, at
+    ``ε1 <= 1e-9`` where the error is rounding alone, 50 substeps reach 13
+    ulps of ``‖θ‖``: more than :data:`ROUNDING_ULPS`, less than this level's
+    33 (``tests/test_theory.py``).
+    """
     dtype = highest_dtype(params)
     scale = max(
         [float(jnp.sqrt(squared_norm(params)))]
         + [float(jnp.sqrt(squared_norm(e))) for e in endpoints]
     )
-    return ROUNDING_ULPS * float(jnp.finfo(dtype).eps) * scale, dtype
+    eps = float(jnp.finfo(dtype).eps)
+    return (ROUNDING_ULPS + substeps / 2) * eps * scale, dtype
+
+
+FLOOR_MARGIN = 10
+"""Where a ladder's errors stop falling, the largest error from there on is
+the floor measured; only errors ``FLOOR_MARGIN`` times above it are fitted."""
+
+
+def _first_run(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every entry after its first unbroken run of True cleared."""
+    start = int(np.argmax(mask))
+    run = np.zeros_like(mask)
+    run[start:] = np.logical_and.accumulate(mask[start:])
+    return run
+
+
+def _above_floor(errors: np.ndarray, level: float) -> np.ndarray:
+    """The rungs of one error ladder that measure truncation, not rounding.
+
+    They are the first unbroken run of rungs whose errors exceed ``level``
+    and every error after them (at the smaller rates; where the errors stop
+    falling they are rounding), less those within ``FLOOR_MARGIN`` of the
+    largest error after the run, the floor as measured.
+    """
+    later = np.append(np.maximum.accumulate(errors[::-1])[::-1][1:], -np.inf)
+    run = _first_run((errors > level) & (errors > later))
+    end = len(run) - int(np.argmax(run[::-1]))
+    floor = errors[end:].max(initial=0.0)
+    return run & (errors > FLOOR_MARGIN * floor)
 
 
 def _check_ladder(largest_rate: Any, ratio: Any, num_rates: Any, shrink: Any) -> None:
     check_scalar_hyperparam("largest_rate", largest_rate, positive=True)
-    if not 0.0 <= ratio <= 1.0:
+    if not 0.0 <= check_real("ratio", ratio) <= 1.0:
         raise ValueError(
             f"`ratio` is ε2/ε1 and must lie in [0, 1], got {ratio}; "
             "ratio=1 checks flooding's pair."
         )
-    if not 0.0 < shrink < 1.0:
-        raise ValueError(f"`shrink` must lie in (0, 1), got {shrink}.")
-    if isinstance(num_rates, bool) or not isinstance(num_rates, int) or num_rates < 2:
-        raise ValueError(
-            f"`num_rates` must be an int >= 2 to fit a slope, got {num_rates!r}."
-        )
+    check_real("shrink", shrink, low=0.0, high=1.0, low_open=True, high_open=True)
+    check_int("num_rates", num_rates, minimum=2, fix=": fitting a slope needs two")
 
 
 def _order_report(
-    params: chex.ArrayTree,
     descent_rates: np.ndarray,
     ascent_rates: np.ndarray,
     predicted_errors: np.ndarray,
     baseline_errors: np.ndarray,
-    endpoints: list,
+    level: float,
+    dtype: Any,
     what: str,
+    exact: str,
 ) -> OrderReport:
-    """Fits both slopes on the rungs whose errors lie above rounding."""
-    level, dtype = _rounding_level(params, endpoints)
-    fitted = (predicted_errors > level) & (baseline_errors > level)
+    """Fits both slopes on the rungs above the rounding floor; every order fit
+    goes through here. ``what`` names the prediction, ``exact`` says which
+    losses it is exact for."""
+    rates = (
+        f"the `num_rates={len(descent_rates)}` rates, ε1 = "
+        f"{descent_rates[0]:.3g} down to {descent_rates[-1]:.3g}"
+    )
     if not np.any(predicted_errors > level):
         raise ValueError(
-            f"`loss_fn`: {what} is exact to rounding at every rate (errors at "
-            f"most {predicted_errors.max():.1e}, the rounding level of "
-            f"{jnp.dtype(dtype).name} here being {level:.1e}), so there is no "
-            "error order to fit. A loss that is quadratic around `params` makes "
-            "the prediction exact, and so does `ratio=0` (the pair is then a "
-            "single step)."
+            f"`loss_fn`: {what} is exact to rounding at every rate ({rates}: "
+            f"errors at most {predicted_errors.max():.1e}, the rounding level "
+            f"of {jnp.dtype(dtype).name} here being {level:.1e}), so there is "
+            f"no error order to fit. {exact} Or the rates are too small for "
+            "this dtype: try a larger `largest_rate`."
         )
+    fitted = _first_run(
+        _above_floor(predicted_errors, level) & _above_floor(baseline_errors, level)
+    )
     if fitted.sum() < 2:
         raise ValueError(
-            f"`loss_fn`: only {int(fitted.sum())} of {len(descent_rates)} rates "
-            f"give errors above the rounding level of {jnp.dtype(dtype).name} "
-            f"({level:.1e}); fitting an order needs two. Use float64 parameters "
-            "(`jax.enable_x64`), a larger `largest_rate`, or fewer `num_rates`."
+            f"`loss_fn`: only {int(fitted.sum())} of {rates}, give errors "
+            "above the rounding floor "
+            "(the errors stop falling, or lie below the rounding level of "
+            f"{jnp.dtype(dtype).name} here, {level:.1e}); fitting an order needs "
+            "two. Use float64 parameters (`jax.enable_x64`), a larger "
+            "`largest_rate`, or a `shrink` closer to 1, so that more rates lie "
+            "above the floor."
         )
     return OrderReport(
         descent_rates=descent_rates,
@@ -330,6 +424,94 @@ def _order_report(
         derivation_order=_fitted_slope(descent_rates[fitted], predicted_errors[fitted]),
         first_order_order=_fitted_slope(descent_rates[fitted], baseline_errors[fitted]),
         fitted=fitted,
+    )
+
+
+class _ByIdentity:
+    """A callable as a static ``jit`` argument, compared and hashed by
+    identity, so any loss (hashable or not) keys the compile cache."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __hash__(self) -> int:
+        return id(self.fn)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ByIdentity) and other.fn is self.fn
+
+
+@functools.partial(jax.jit, static_argnames=("endpoints", "loss_fn", "options"))
+def _compiled_rung(
+    params: Any,
+    args: tuple,
+    descent_rate: jax.Array,
+    ascent_rate: jax.Array,
+    *,
+    endpoints: Callable[..., tuple[Any, Any, Any]],
+    loss_fn: _ByIdentity,
+    options: tuple,
+) -> tuple[Any, Any, Any]:
+    value_fn = functools.partial(_apply, loss_fn.fn, args)
+    return endpoints(value_fn, params, descent_rate, ascent_rate, **dict(options))
+
+
+def _rung(
+    endpoints: Callable[..., tuple[Any, Any, Any]],
+    loss_fn: Callable[..., Any],
+    params: chex.ArrayTree,
+    args: tuple,
+    descent_rate: Any,
+    ascent_rate: Any,
+    options: dict,
+) -> tuple[Any, Any, Any]:
+    """``endpoints`` (real step(s), prediction, baseline) at one pair of
+    rates, in the parameters' dtype. It is compiled once per loss, options
+    and dtypes: every rung of every ladder, and the single checks, reuse it."""
+    dtype = highest_dtype(params)
+    return _compiled_rung(
+        params,
+        args,
+        jnp.asarray(descent_rate, dtype),
+        jnp.asarray(ascent_rate, dtype),
+        endpoints=endpoints,
+        loss_fn=_ByIdentity(loss_fn),
+        options=tuple(sorted(options.items())),
+    )
+
+
+def _ladder_order(
+    endpoints: Callable[..., tuple[Any, Any, Any]],
+    loss_fn: Callable[..., Any],
+    params: chex.ArrayTree,
+    args: tuple,
+    *,
+    largest_rate: Any,
+    ratio: Any,
+    num_rates: int,
+    shrink: Any,
+    options: dict,
+    substeps: int,
+    what: str,
+    exact: str,
+) -> OrderReport:
+    """Runs ``endpoints`` over the ladder and fits the orders of both errors."""
+    descent_rates = largest_rate * shrink ** np.arange(num_rates)
+    ascent_rates = ratio * descent_rates
+    rungs = [
+        _rung(endpoints, loss_fn, params, args, e1, e2, options)
+        for e1, e2 in zip(descent_rates, ascent_rates, strict=True)
+    ]
+    level, dtype = _rounding_level(params, [steps for steps, _, _ in rungs], substeps)
+    return _order_report(
+        descent_rates,
+        ascent_rates,
+        np.array([float(_distance(steps, pred)) for steps, pred, _ in rungs]),
+        np.array([float(_distance(steps, base)) for steps, _, base in rungs]),
+        level,
+        dtype,
+        what,
+        exact,
     )
 
 
@@ -345,18 +527,21 @@ def equivalence_order(
 ) -> OrderReport:
     r"""Fits the order of the derivation's error over a geometric ladder.
 
-    Runs :func:`check_equivalence` at ``ε1 = largest_rate·shrinkᵏ`` for
-    ``k = 0 … num_rates − 1`` with ``ε2 = ratio·ε1``, and fits the slopes of
-    ``log error`` against ``log ε1``. Theory: 3 for the derivation, 2 for the
-    first-order guess. ``ratio=1`` checks flooding's pair.
+    Measures what :func:`check_equivalence` measures at
+    ``ε1 = largest_rate·shrinkᵏ`` for ``k = 0 … num_rates − 1`` with
+    ``ε2 = ratio·ε1``, every rung with one ``jax.jit``-compiled function, and
+    fits the slopes of ``log error`` against ``log ε1`` on the rungs above the
+    rounding floor (:attr:`OrderReport.fitted`). Theory: 3 for the
+    derivation, 2 for the first-order guess. ``ratio=1`` checks flooding's
+    pair.
 
     Args:
-      loss_fn: scalar loss, ``loss_fn(params, *args)``.
-      params: the starting point θ (float64 recommended).
+      loss_fn: scalar loss, ``loss_fn(params, *args)``, traceable.
+      params: the starting point θ, floating point (float64 recommended).
       *args: the batch.
       largest_rate: the first rung's ``ε1``.
       ratio: ``ε2/ε1`` in ``[0, 1]``.
-      num_rates: how many rungs (at least 2).
+      num_rates: how many rungs, an integer of at least 2.
       shrink: the factor between rungs, in ``(0, 1)``.
       ascent_first: backstitch order.
 
@@ -364,9 +549,12 @@ def equivalence_order(
       An :class:`OrderReport`.
 
     Raises:
+      TypeError: ``params`` has an integer or boolean leaf; ``num_rates`` is
+        not an integer.
       ValueError: bad ``ratio``, ``shrink``, ``num_rates`` or
         ``largest_rate``; the prediction is exact to rounding at every rate
-        (a quadratic loss); fewer than two rates give errors above rounding.
+        (a quadratic loss); fewer than two rates give errors above the
+        rounding floor.
 
     Examples:
       >>> import jax, jax.numpy as jnp, floodax
@@ -377,22 +565,21 @@ def equivalence_order(
       3 2
     """
     _check_ladder(largest_rate, ratio, num_rates, shrink)
-    descent_rates = largest_rate * shrink ** np.arange(num_rates)
-    ascent_rates = ratio * descent_rates
-    reports = [
-        check_equivalence(
-            loss_fn, params, float(e1), float(e2), *args, ascent_first=ascent_first
-        )
-        for e1, e2 in zip(descent_rates, ascent_rates, strict=True)
-    ]
-    return _order_report(
+    _check_params("floodax.equivalence_order", params)
+    return _ladder_order(
+        _equivalence_endpoints,
+        loss_fn,
         params,
-        descent_rates,
-        ascent_rates,
-        np.array([float(r.derivation_error) for r in reports]),
-        np.array([float(r.first_order_error) for r in reports]),
-        [r.two_steps for r in reports],
-        "the one-step prediction",
+        args,
+        largest_rate=largest_rate,
+        ratio=ratio,
+        num_rates=num_rates,
+        shrink=shrink,
+        options={"ascent_first": ascent_first},
+        substeps=0,
+        what="the one-step prediction",
+        exact="A loss that is quadratic around `params` makes the prediction "
+        "exact, and so does `ratio=0` (the pair is then a single step).",
     )
 
 
@@ -517,16 +704,6 @@ def _flow(
     return jax.lax.fori_loop(0, substeps, rk4, params)
 
 
-def _apply(loss_fn: Callable[..., Any], args: tuple, params: Any) -> Any:
-    return loss_fn(params, *args)
-
-
-def _bind(loss_fn: Callable[..., Any], args: tuple) -> Callable[[Any], Any]:
-    """``params ↦ loss_fn(params, *args)`` as a pytree whose leaves are the
-    batch, so it can be an argument of a jitted function."""
-    return jax.tree_util.Partial(functools.partial(_apply, loss_fn), args)
-
-
 def _flow_endpoints(
     value_fn: Callable[[Any], Any],
     params: chex.ArrayTree,
@@ -536,8 +713,8 @@ def _flow_endpoints(
     ascent_first: bool,
     substeps: int,
 ) -> tuple[Any, Any, Any]:
-    """The real step(s) and both flows; the rates may be traced, so a whole
-    ladder of them is one compiled computation."""
+    """The real step(s) and both flows; the rates may be traced, so one
+    compiled function serves every rung."""
     time = descent_rate - ascent_rate
     strength = descent_rate * ascent_rate / (2 * time) + time / 4
     steps = _two_steps(value_fn, params, descent_rate, ascent_rate, ascent_first)
@@ -577,16 +754,23 @@ def check_modified_flow(
     the flow of ``L`` alone. Use float64: the errors fall as ``ε³``.
 
     Args:
-      loss_fn: scalar loss, ``loss_fn(params, *args)``.
-      params: the starting point θ.
+      loss_fn: scalar loss, ``loss_fn(params, *args)``, traceable.
+      params: the starting point θ, floating point.
       descent_rate: ``ε1 > ascent_rate``.
       ascent_rate: ``ε2 >= 0`` (0 for plain gradient descent).
       *args: the batch.
       ascent_first: backstitch order.
-      substeps: Runge–Kutta steps for the flows (error ``O((ε/substeps)⁴)``).
+      substeps: Runge–Kutta steps for the flows (error ``O((ε/substeps)⁴)``),
+        an integer of at least 1.
 
     Returns:
       A :class:`FlowReport`.
+
+    Raises:
+      TypeError: ``params`` has an integer or boolean leaf; ``substeps`` is
+        not an integer.
+      ValueError: a negative or non-finite rate, ``ε1 <= ε2``, or
+        ``substeps < 1``.
 
     Examples:
       >>> import jax.numpy as jnp, floodax
@@ -597,10 +781,17 @@ def check_modified_flow(
       8
     """
     flow_penalty(descent_rate, ascent_rate)  # checks the rates
-    check_scalar_hyperparam("substeps", substeps, positive=True)
-    endpoints = jax.jit(
-        functools.partial(_flow_endpoints, ascent_first=ascent_first, substeps=substeps)
-    )(_bind(loss_fn, args), params, descent_rate, ascent_rate)
+    check_int("substeps", substeps, minimum=1)
+    _check_params("floodax.check_modified_flow", params)
+    endpoints = _rung(
+        _flow_endpoints,
+        loss_fn,
+        params,
+        args,
+        descent_rate,
+        ascent_rate,
+        {"ascent_first": ascent_first, "substeps": substeps},
+    )
     return _flow_report(*endpoints)
 
 
@@ -617,36 +808,43 @@ def flow_order(
 ) -> OrderReport:
     r"""Fits the order of the modified flow's error over a geometric ladder.
 
-    Runs :func:`check_modified_flow` at ``ε1 = largest_rate·shrinkᵏ`` with
-    ``ε2 = ratio·ε1`` (``ratio=0``: one step of gradient descent, Barrett and
-    Dherin's setting). In the returned :class:`OrderReport`,
-    ``derivation_*`` is the error against the flow of the modified loss
-    (theory: order 3) and ``first_order_*`` against the flow of ``L`` alone
-    (theory: 2).
+    Measures what :func:`check_modified_flow` measures at
+    ``ε1 = largest_rate·shrinkᵏ`` with ``ε2 = ratio·ε1`` (``ratio=0``: one
+    step of gradient descent, Barrett and Dherin's setting), every rung with
+    one ``jax.jit``-compiled function, and fits the slopes on the rungs above
+    the rounding floor (:attr:`OrderReport.fitted`). In the returned
+    :class:`OrderReport`, ``derivation_*`` is the error against the flow of
+    the modified loss (theory: order 3) and ``first_order_*`` against the
+    flow of ``L`` alone (theory: 2).
 
     Args:
-      loss_fn: scalar loss, ``loss_fn(params, *args)``.
-      params: the starting point θ (float64 recommended).
+      loss_fn: scalar loss, ``loss_fn(params, *args)``, traceable.
+      params: the starting point θ, floating point (float64 recommended).
       *args: the batch.
       largest_rate: the first rung's ``ε1``.
       ratio: ``ε2/ε1`` in ``[0, 1)``.
-      num_rates: how many rungs (at least 2).
+      num_rates: how many rungs, an integer of at least 2.
       shrink: the factor between rungs, in ``(0, 1)``.
       ascent_first: backstitch order.
-      substeps: Runge–Kutta steps per flow.
+      substeps: Runge–Kutta steps per flow, an integer of at least 1. Each
+        adds up to half an ulp of ``‖θ‖`` to the rounding floor.
 
     Returns:
       An :class:`OrderReport`.
 
     Raises:
+      TypeError: ``params`` has an integer or boolean leaf; ``num_rates`` or
+        ``substeps`` is not an integer.
       ValueError: bad ladder arguments (``ratio=1`` has no flow time: use
-        :func:`equivalence_order` for flooding's pair); errors at the
-        rounding level.
+        :func:`equivalence_order` for flooding's pair); the modified flow is
+        exact to rounding at every rate; fewer than two rates give errors
+        above the rounding floor.
 
     Examples:
       >>> import jax.numpy as jnp, floodax
-      >>> report = floodax.flow_order(lambda w: jnp.sum(jnp.cos(w)),
-      ...                             jnp.array([0.5, 1.0]), num_rates=3)
+      >>> report = floodax.flow_order(lambda w: jnp.sum(jnp.cos(w)),  # float32
+      ...                             jnp.array([0.5, 1.0]), largest_rate=0.3,
+      ...                             num_rates=3)
       >>> print(round(report.derivation_order), round(report.first_order_order))
       3 2
 
@@ -659,29 +857,19 @@ def flow_order(
             "`ratio` must be below 1 here: with ε1 = ε2 the pair has no flow time "
             "(ε1 − ε2 = 0); check flooding's pair with floodax.equivalence_order."
         )
-    check_scalar_hyperparam("substeps", substeps, positive=True)
-    descent_rates = largest_rate * shrink ** np.arange(num_rates)
-    ascent_rates = ratio * descent_rates
-    dtype = highest_dtype(params)
-    endpoints = functools.partial(
-        _flow_endpoints, ascent_first=ascent_first, substeps=substeps
-    )
-    ladder = jax.jit(jax.vmap(endpoints, in_axes=(None, None, 0, 0)))(
-        _bind(loss_fn, args),
+    check_int("substeps", substeps, minimum=1)
+    _check_params("floodax.flow_order", params)
+    return _ladder_order(
+        _flow_endpoints,
+        loss_fn,
         params,
-        jnp.asarray(descent_rates, dtype),
-        jnp.asarray(ascent_rates, dtype),
-    )
-    reports = [
-        _flow_report(*jax.tree.map(lambda leaf, k=k: leaf[k], ladder))
-        for k in range(num_rates)
-    ]
-    return _order_report(
-        params,
-        descent_rates,
-        ascent_rates,
-        np.array([float(r.modified_error) for r in reports]),
-        np.array([float(r.plain_error) for r in reports]),
-        [r.steps for r in reports],
-        "the modified flow",
+        args,
+        largest_rate=largest_rate,
+        ratio=ratio,
+        num_rates=num_rates,
+        shrink=shrink,
+        options={"ascent_first": ascent_first, "substeps": substeps},
+        substeps=substeps,
+        what="the modified flow",
+        exact="A loss that is linear around `params` makes the flow exact.",
     )

@@ -156,6 +156,21 @@ def check_float_array(name: str, value: Any) -> jax.Array:
     return array
 
 
+def check_float_leaves(name: str, tree: Any, who: str, fix: str = "") -> None:
+    """Raises a ``TypeError`` naming the first leaf of the pytree ``tree``
+    (the argument ``name`` of ``who``) without a floating-point dtype: a tree
+    that is differentiated has no gradient at an integer or boolean leaf."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{who}: `{name}` has a leaf of dtype {dtype} at "
+                f"{jax.tree_util.keystr(path) or 'the root'}; it is "
+                f"differentiated, and only floating-point leaves have a "
+                f"gradient{fix}."
+            )
+
+
 def check_scalar_value(name: str, value: Any) -> jax.Array:
     """Returns the loss ``value`` as a scalar float array, or raises."""
     array = check_float_array(name, value)

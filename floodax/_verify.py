@@ -77,10 +77,18 @@ def _order_line(label: str, measured: float, theory: float) -> tuple[str, bool]:
     return f"  fitted order, {label}: {measured:.3f} (theory {theory:g}) {verdict}", ok
 
 
+NOT_FITTED = "  rounding floor, not fitted"
+
+
 def run_verify(
     *, seed: int = 0, largest_rate: float = 0.2, num_rates: int = 6
 ) -> tuple[list[str], bool]:
-    """Returns the report's lines and whether every order is within tolerance."""
+    """Returns the report's lines and whether every order is within tolerance.
+
+    Rungs below the rounding floor (:attr:`floodax.OrderReport.fitted`) are
+    printed, marked, and left out of the fits; a scheme whose ladder leaves
+    fewer than two rungs above the floor fails with the fit's reason.
+    """
     lines, all_ok = [], True
     with jax.enable_x64(True):
         params, x, y = _problem(seed)
@@ -89,32 +97,39 @@ def run_verify(
             # far below the smallest measured error at every rung.
             extra = {"substeps": 50} if scheme.flow else {}
             fit = flow_order if scheme.flow else equivalence_order
-            report: OrderReport = fit(
-                _mlp_loss,
-                params,
-                x,
-                y,
-                largest_rate=largest_rate,
-                ratio=scheme.ratio,
-                num_rates=num_rates,
-                ascent_first=scheme.ascent_first,
-                **extra,
-            )
+            lines.append(f"{scheme.name}")
+            try:
+                report: OrderReport = fit(
+                    _mlp_loss,
+                    params,
+                    x,
+                    y,
+                    largest_rate=largest_rate,
+                    ratio=scheme.ratio,
+                    num_rates=num_rates,
+                    ascent_first=scheme.ascent_first,
+                    **extra,
+                )
+            except ValueError as error:
+                lines.extend([f"  FAIL, no order fitted: {error}", ""])
+                all_ok = False
+                continue
             predicted, baseline = (
                 ("modified-flow error", "flow-of-L error")
                 if scheme.flow
                 else ("derivation error", "first-order error")
             )
-            lines.append(f"{scheme.name}")
             lines.append(f"  {'ε1':>10} {'ε2':>10} {predicted:>19} {baseline:>19}")
-            for e1, e2, d, f in zip(
+            for e1, e2, d, f, fitted in zip(
                 report.descent_rates,
                 report.ascent_rates,
                 report.derivation_errors,
                 report.first_order_errors,
+                report.fitted,
                 strict=True,
             ):
-                lines.append(f"  {e1:10.3e} {e2:10.3e} {d:19.3e} {f:19.3e}")
+                mark = "" if fitted else NOT_FITTED
+                lines.append(f"  {e1:10.3e} {e2:10.3e} {d:19.3e} {f:19.3e}{mark}")
             labels = (
                 ("modified flow", "flow of L")
                 if scheme.flow

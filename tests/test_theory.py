@@ -46,7 +46,7 @@ def test_theory_bad_input():
         floodax.equivalent_penalty(lambda n: 0.1, 0.01)
     with pytest.raises(ValueError, match="`ratio` is ε2/ε1"):
         floodax.equivalence_order(mlp_loss, {}, ratio=1.5)
-    with pytest.raises(ValueError, match="`num_rates` must be an int >= 2"):
+    with pytest.raises(ValueError, match="`num_rates` must be an integer >= 2"):
         floodax.equivalence_order(mlp_loss, {}, num_rates=1)
     with pytest.raises(ValueError, match="`shrink` must lie in"):
         floodax.equivalence_order(mlp_loss, {}, shrink=1.0)
@@ -54,7 +54,7 @@ def test_theory_bad_input():
         floodax.flow_order(mlp_loss, {}, shrink=0.0)
     with pytest.raises(ValueError, match="`ratio` is ε2/ε1"):
         floodax.equivalence_order(mlp_loss, {}, ratio=-0.1)
-    with pytest.raises(ValueError, match="`num_rates` must be an int >= 2"):
+    with pytest.raises(TypeError, match="`num_rates` must be an integer >= 2"):
         floodax.flow_order(mlp_loss, {}, num_rates=True)
     # Each check names its own argument (not a later one that happens to
     # fail on the same value), and shows an integer as the integer it is.
@@ -63,9 +63,10 @@ def test_theory_bad_input():
             ValueError, match=r"`largest_rate` must be positive, got 0\.0"
         ):
             order(mlp_loss, {}, largest_rate=0.0)
-    with pytest.raises(ValueError, match=r"`substeps` must be positive, got 0\.$"):
+    substeps_zero = r"`substeps` must be an integer >= 1, got 0\.$"
+    with pytest.raises(ValueError, match=substeps_zero):
         floodax.flow_order(mlp_loss, {}, substeps=0)
-    with pytest.raises(ValueError, match=r"`substeps` must be positive, got 0\.$"):
+    with pytest.raises(ValueError, match=substeps_zero):
         floodax.check_modified_flow(mlp_loss, {}, 0.1, substeps=0)
 
 
@@ -194,12 +195,64 @@ def test_verify_command_prints_table_and_succeeds(capsys):
     assert "all orders within tolerance" in out
 
 
-def test_verify_command_fails_when_an_order_is_off(capsys, monkeypatch):
-    # If theory said the derivation's error were second order, the measured
-    # slope of 3 is more than 0.2 away and the command must fail.
-    monkeypatch.setattr(_verify, "DERIVATION_ORDER", 2.0)
-    assert main(["verify", "--num-rates", "3"]) == 1
-    assert "FAIL" in capsys.readouterr().out
+@pytest.mark.parametrize("num_rates", ["3", "40"])
+@pytest.mark.parametrize("wrong", ["DERIVATION_ORDER", "FIRST_ORDER_ORDER"])
+def test_verify_command_fails_when_an_order_is_off(
+    capsys, monkeypatch, num_rates, wrong
+):
+    # If theory gave the derivation's error order 2, or the first-order
+    # guess's order 3, the measured slopes (3 and 2) are more than 0.2 away
+    # and the command must fail, on a short ladder and on one that reaches
+    # the rounding floor (the rungs it drops cannot make a slope pass).
+    monkeypatch.setattr(_verify, wrong, 5.0 - getattr(_verify, wrong))
+    assert main(["verify", "--num-rates", num_rates]) == 1
+    out = capsys.readouterr().out
+    assert out.count("FAIL (more than 0.2 from theory)") == 7
+    assert "some orders FAILED" in out
+
+
+VERIFY_NUM_RATES = (6, 12, 20, 24, 40)
+
+
+def _fitted_orders(lines):
+    return [
+        float(line.split(":")[1].split()[0]) for line in lines if "fitted order" in line
+    ]
+
+
+def test_verify_passes_at_every_num_rates():
+    # The flow's error reaches float64's rounding floor near the 13th rung
+    # (ε1 ≈ 5e-5): fitted on every rung, 20 rungs gave order 2.10 and 24
+    # gave 1.46 (theory 3), so longer ladders failed a correct derivation.
+    # Every ladder is the same compiled rung, so five ladders cost one
+    # compilation per scheme.
+    theory = [_verify.DERIVATION_ORDER, _verify.FIRST_ORDER_ORDER] * 7
+    for num_rates in VERIFY_NUM_RATES:
+        lines, ok = _verify.run_verify(num_rates=num_rates)
+        assert ok, (num_rates, "\n".join(lines))
+        orders = _fitted_orders(lines)
+        assert len(orders) == 14
+        np.testing.assert_allclose(orders, theory, atol=_verify.TOLERANCE)
+        # 7 tables of num_rates rows; the rows left out are marked, and from
+        # 24 rungs on every scheme has reached the floor.
+        rows = [line for line in lines if line.startswith("   ") and "e-" in line]
+        assert len(rows) == 7 * num_rates
+        marked = sum(_verify.NOT_FITTED in row for row in rows)
+        assert (marked == 0) == (num_rates <= 6)
+        if num_rates >= 24:
+            tables = "\n".join(lines).split("\n\n")[:7]
+            assert all(_verify.NOT_FITTED in table for table in tables)
+
+
+def test_verify_reports_a_ladder_below_the_floor():
+    # At ε1 <= 1e-7 the derivation's error (ε³) is below float64's rounding
+    # floor: nothing to fit, and the command says why instead of fitting.
+    lines, ok = _verify.run_verify(largest_rate=1e-7, num_rates=3)
+    assert not ok
+    text = "\n".join(lines)
+    assert text.count("FAIL, no order fitted") == 7
+    assert "`num_rates=3` rates, ε1 = 1e-07 down to 2.5e-08" in text
+    assert "try a larger `largest_rate`" in text
 
 
 def test_verify_command_bad_flags(capsys):
@@ -286,27 +339,49 @@ def test_flow_orders_match_theory(mlp, ratio, ascent_first):
     assert abs(report.first_order_order - 2.0) < 0.2
 
 
-@pytest.mark.usefixtures("x64")
-def test_the_implicit_term_is_needed(mlp):
-    # Against the flow of L plus the explicit penalty alone, the pair's error
-    # is second order, not third: the implicit (ε1 − ε2)/4 carries it.
+def _explicit_only_endpoints(value_fn, params, e1, e2, *, ascent_first, substeps):
+    """The pair against the flow of L plus the explicit penalty alone."""
     from floodax._theory import _flow, _two_steps
 
-    params, x, y = mlp
-    loss_fn = functools.partial(mlp_loss, x=x, y=y)
-    rates = np.array([0.05, 0.025, 0.0125, 0.00625])
-    errors = []
-    for e1 in rates:
-        lr, explicit = floodax.equivalent_penalty(e1, e1 / 2)
-        steps = _two_steps(loss_fn, params, e1, e1 / 2, False)
-        grad = jax.grad(floodax.grad_norm_penalty(loss_fn, explicit))
-        flow = _flow(grad, params, lr, 50)
-        diff = jax.tree.map(jnp.subtract, steps, flow)
-        errors.append(
-            float(jnp.sqrt(sum(jnp.sum(d**2) for d in jax.tree.leaves(diff))))
+    time = e1 - e2
+    steps = _two_steps(value_fn, params, e1, e2, ascent_first)
+    explicit = jax.grad(floodax.grad_norm_penalty(value_fn, e1 * e2 / (2 * time)))
+    plain = jax.grad(value_fn)
+    return (
+        steps,
+        _flow(explicit, params, time, substeps),
+        _flow(plain, params, time, substeps),
+    )
+
+
+def test_the_implicit_term_is_needed():
+    # Against the flow of L plus the explicit penalty alone, the pair's error
+    # is second order, not third: the implicit (ε1 − ε2)/4 carries it. Fitted
+    # by the same code as every order, on a ladder reaching the rounding
+    # floor: the rungs it drops do not turn the wrong derivation into a pass.
+    from floodax._theory import _ladder_order
+
+    with jax.enable_x64(True):
+        params, x, y = _verify._problem(0)
+        report = _ladder_order(
+            _explicit_only_endpoints,
+            _verify._mlp_loss,
+            params,
+            (x, y),
+            largest_rate=0.2,
+            ratio=0.5,
+            num_rates=40,
+            shrink=0.5,
+            options={"ascent_first": False, "substeps": 50},
+            substeps=50,
+            what="the explicit-only flow",
+            exact="",
         )
-    slope = np.polyfit(np.log(rates), np.log(errors), 1)[0]
-    assert abs(slope - 2.0) < 0.2
+    assert 5 < report.fitted.sum() < 40
+    assert abs(report.derivation_order - 2.0) < 0.2
+    assert abs(report.first_order_order - 2.0) < 0.2
+    _, ok = _verify._order_line("explicit only", report.derivation_order, 3.0)
+    assert not ok
 
 
 @pytest.mark.parametrize("largest", ["params", "endpoint"])
@@ -339,7 +414,11 @@ def test_order_fit_leaves_out_the_rungs_at_rounding_level():
     )
     assert report.fitted.tolist() == [True, True, False]
     assert report.derivation_order == pytest.approx(3, abs=0.1)
-    with pytest.raises(ValueError, match=r"only 1 of 3 rates give errors above"):
+    with pytest.raises(
+        ValueError,
+        match=r"only 1 of the `num_rates=3` rates, ε1 = 0.1 down to 1e-05, give "
+        r"errors above the rounding floor.*a `shrink` closer to 1",
+    ):
         floodax.equivalence_order(loss, w, largest_rate=0.1, num_rates=3, shrink=0.01)
 
 
@@ -366,3 +445,158 @@ def test_order_fits_take_a_python_number_as_params(fit):
     array = fit(loss, jnp.float32(0.5), largest_rate=0.5, num_rates=3)
     np.testing.assert_array_equal(number.derivation_errors, array.derivation_errors)
     np.testing.assert_array_equal(number.fitted, array.fitted)
+
+
+def _synthetic_fit(predicted, baseline, level):
+    from floodax._theory import _order_report
+
+    rates = 0.2 * 0.5 ** np.arange(len(predicted))
+    return _order_report(
+        rates, 0.5 * rates, predicted, baseline, level, jnp.float64, "it", "Exact."
+    )
+
+
+def test_order_fit_drops_a_floor_above_the_rounding_level():
+    # Errors c·εᵖ plus a rounding floor of 1e-14 that wanders by ±50 %, with
+    # the rounding level at its typical size: the values above the level are
+    # rounding too. The fit finds 3 and 2 on the rungs well above the floor,
+    # however long the ladder, and drops the rest.
+    rates = 0.2 * 0.5 ** np.arange(40)
+    floor = 1e-14 * (1 + 0.5 * np.sin(np.arange(40)))
+    for num_rates in (6, 12, 20, 24, 40):
+        cubic = (1e-3 * rates**3 + floor)[:num_rates]
+        square = (1e-1 * rates**2 + floor)[:num_rates]
+        report = _synthetic_fit(cubic, square, level=1e-14)
+        assert report.fitted[: min(num_rates, 8)].all()
+        assert not report.fitted[10:].any()
+        np.testing.assert_allclose(report.derivation_order, 3.0, atol=0.02)
+        np.testing.assert_allclose(report.first_order_order, 2.0, atol=1e-3)
+    # A wrong, second-order derivation stays second order.
+    report = _synthetic_fit(1e-3 * rates**2 + floor, 1e-1 * rates**2 + floor, 1e-14)
+    np.testing.assert_allclose(report.derivation_order, 2.0, atol=0.02)
+
+
+def test_order_fit_keeps_the_first_unbroken_run():
+    # A first rung whose error is below the next one (non-monotone at large
+    # rates) is left out, the rest fitted; a rung at the floor that happens
+    # to exceed every later error is left out too, because a rung before it
+    # already fell to the floor.
+    rates = 0.2 * 0.5 ** np.arange(10)
+    cubic = rates**3
+    cubic[0] = 0.5 * cubic[1]
+    cubic[6:] = [1e-9, 3e-9, 2e-9, 1e-9]
+    square = rates**2
+    report = _synthetic_fit(cubic, square, level=1e-12)
+    assert report.fitted.tolist() == [False] + [True] * 5 + [False] * 4
+    np.testing.assert_allclose(report.derivation_order, 3.0, atol=1e-12)
+
+
+def test_order_fit_names_num_rates_and_the_range_when_too_few_remain():
+    rates = 0.2 * 0.5 ** np.arange(5)
+    flat = np.full(5, 1e-10) + rates**3 * [1, 0, 0, 0, 0]
+    with pytest.raises(
+        ValueError,
+        match=r"only 1 of the `num_rates=5` rates, ε1 = 0\.2 down to 0\.0125, "
+        r"give errors above the rounding floor.*a larger `largest_rate`, or a "
+        r"`shrink` closer to 1",
+    ):
+        _synthetic_fit(flat, 10 * flat, level=1e-16)
+
+
+def test_flow_rounding_floor_lies_below_the_level():
+    # At ε1 ≤ 1e-9 the flows' errors are rounding alone. With 50 substeps
+    # they reach more than ROUNDING_ULPS ulps of ‖θ‖ (each substep rounds θ
+    # once more), and stay below the level that counts half an ulp per
+    # substep.
+    from floodax._theory import (
+        ROUNDING_ULPS,
+        _distance,
+        _flow_endpoints,
+        _rounding_level,
+        _rung,
+    )
+
+    with jax.enable_x64(True):
+        params, x, y = _verify._problem(0)
+        options = {"ascent_first": False, "substeps": 50}
+        rungs = [
+            _rung(_flow_endpoints, _verify._mlp_loss, params, (x, y), e1, 0.0, options)
+            for e1 in 1e-9 * 0.7 ** np.arange(8)
+        ]
+        errors = np.array([float(_distance(s, m)) for s, m, _ in rungs])
+        level, _ = _rounding_level(params, [s for s, _, _ in rungs], 50)
+        single, _ = _rounding_level(params, [s for s, _, _ in rungs])
+    assert level == pytest.approx(single * (ROUNDING_ULPS + 25) / ROUNDING_ULPS)
+    assert errors.max() < level
+    assert errors.max() > single
+
+
+def _sum_of_leaves(params, *args):
+    return sum(jnp.sum(jnp.cos(leaf)) for leaf in jax.tree.leaves(params))
+
+
+THEORY_CALLS = {
+    "check_equivalence": lambda p: floodax.check_equivalence(
+        _sum_of_leaves, p, 0.1, 0.05
+    ),
+    "check_modified_flow": lambda p: floodax.check_modified_flow(
+        _sum_of_leaves, p, 0.1
+    ),
+    "equivalence_order": lambda p: floodax.equivalence_order(_sum_of_leaves, p),
+    "flow_order": lambda p: floodax.flow_order(_sum_of_leaves, p),
+}
+
+
+@pytest.mark.parametrize("who", sorted(THEORY_CALLS))
+@pytest.mark.parametrize(
+    ("params", "dtype", "where"),
+    [
+        (jnp.array([1, 2]), "int32", "the root"),
+        (1, "int32", "the root"),
+        ({"w": jnp.array([0.5]), "n": jnp.int32(3)}, "int32", r"\['n'\]"),
+        ({"mask": jnp.array([True])}, "bool", r"\['mask'\]"),
+    ],
+)
+def test_integer_params_are_named(who, params, dtype, where):
+    # jax.grad's own error named neither the argument nor the fix.
+    with pytest.raises(
+        TypeError,
+        match=rf"floodax\.{who}: `params` has a leaf of dtype {dtype} at {where}; "
+        r"it is differentiated, .*`jax\.tree\.map\(lambda p: jnp\.asarray\(p, "
+        r"float\), params\)`",
+    ):
+        THEORY_CALLS[who](params)
+
+
+def test_numpy_integers_count_as_integers():
+    # num_rates and substeps take NumPy integers, as Python ints; the same
+    # reports. Bools, floats and strings are refused by name.
+    loss = lambda w: jnp.sum(jnp.cos(w)) + jnp.sum(w**4)  # noqa: E731
+    w = jnp.array([0.5, -1.0, 0.3], jnp.float32)
+    for fit in (floodax.equivalence_order, floodax.flow_order):
+        plain = fit(loss, w, largest_rate=0.1, num_rates=3)
+        assert _same(plain, fit(loss, w, largest_rate=0.1, num_rates=np.int64(3)))
+    flow = functools.partial(floodax.flow_order, loss, w, largest_rate=0.1)
+    assert _same(
+        flow(num_rates=2, substeps=20), flow(num_rates=2, substeps=np.int32(20))
+    )
+    single = functools.partial(floodax.check_modified_flow, loss, w, 0.1)
+    assert _same(single(substeps=20), single(substeps=np.int64(20)))
+    for bad in (True, np.bool_(True), 3.0, "3"):
+        with pytest.raises(TypeError, match=r"`num_rates` must be an integer >= 2"):
+            floodax.equivalence_order(loss, w, num_rates=bad)
+        with pytest.raises(TypeError, match=r"`substeps` must be an integer >= 1"):
+            floodax.flow_order(loss, w, substeps=bad)
+        with pytest.raises(TypeError, match=r"`substeps` must be an integer >= 1"):
+            floodax.check_modified_flow(loss, w, 0.1, substeps=bad)
+    with pytest.raises(ValueError, match=r"`num_rates` must be an integer >= 2, got 1"):
+        floodax.flow_order(loss, w, num_rates=np.int64(1))
+
+
+@pytest.mark.parametrize("fit", [floodax.equivalence_order, floodax.flow_order])
+@pytest.mark.parametrize("name", ["ratio", "shrink"])
+@pytest.mark.parametrize("bad", ["0.5", None])
+def test_ladder_numbers_are_type_checked(fit, name, bad):
+    # A string or None met a bare comparison (`'<=' not supported ...`).
+    with pytest.raises(TypeError, match=rf"`{name}` must be a real number"):
+        fit(mlp_loss, {}, **{name: bad})
