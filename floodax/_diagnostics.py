@@ -16,28 +16,25 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from floodax._penalty import accumulation_dtype, hessian_vector_product, squared_norm
-from floodax._validation import check_int, check_real
+from floodax._validation import check_float_leaves, check_int, check_real
 
 WHICH = ("largest", "smallest")
 
 
-def _check_params(params: Any) -> Any:
+def _check_params(params: Any, who: str) -> Any:
     """``params`` with every leaf an array, checked to be floating point.
 
     The diagnostics move or differentiate every leaf, so an integer or
     boolean leaf (a step counter, a mask) cannot be one of them.
     """
     params = jax.tree.map(jnp.asarray, params)
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if not jnp.issubdtype(leaf.dtype, jnp.floating):
-            raise TypeError(
-                f"`params` has a leaf of dtype {leaf.dtype} at "
-                f"{jax.tree_util.keystr(path) or 'the root'}; the diagnostics "
-                "differentiate and move every leaf, and integer or boolean "
-                "leaves have no gradient. Keep integer state out of the "
-                "parameters: pass it in `*args` (the batch) or close over it "
-                "in `loss_fn`."
-            )
+    check_float_leaves(
+        "`params`",
+        params,
+        who,
+        ". Keep integer state out of the parameters: pass it in `*args` (the "
+        "batch) or close over it in `loss_fn`",
+    )
     return params
 
 
@@ -212,7 +209,7 @@ def hessian_eigenvalues(
       Ghorbani, Krishnan and Xiao, "An Investigation into Neural Net
       Optimization via Hessian Eigenvalue Density", ICML 2019.
     """
-    params = _check_params(params)
+    params = _check_params(params, "floodax.hessian_eigenvalues")
     value_fn = _scalar_loss(loss_fn, params, args)
     flat, unravel = ravel_pytree(params)
     n = flat.size
@@ -335,7 +332,7 @@ def grad_norm(
       ...                         jnp.array([3.0, 4.0])))
       5.0
     """
-    params = _check_params(params)
+    params = _check_params(params, "floodax.grad_norm")
     value_fn = _scalar_loss(loss_fn, params, args)
     return jnp.sqrt(squared_norm(jax.grad(value_fn)(params)))
 
@@ -458,7 +455,7 @@ def loss_landscape(
       Li, Xu, Taylor, Studer and Goldstein, "Visualizing the Loss Landscape
       of Neural Nets", NeurIPS 2018.
     """
-    params = _check_params(params)
+    params = _check_params(params, "floodax.loss_landscape")
     value_fn = _scalar_loss(loss_fn, params, args)
     if directions not in (1, 2) or isinstance(directions, bool):
         raise ValueError(f"`directions` must be 1 or 2, got {directions!r}.")

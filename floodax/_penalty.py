@@ -12,9 +12,9 @@ import numpy as np
 import optax
 
 from floodax._validation import (
+    check_float_leaves,
     check_matching_trees,
     check_scalar_hyperparam,
-    check_real_float_leaves,
     check_value_fn_depends,
     check_value_fn_params,
     highest_dtype,
@@ -195,10 +195,13 @@ def grad_norm_penalty(
     def penalised(*args: Any, **kwargs: Any) -> Any:
         for position in positions:
             if -len(args) <= position < len(args):
-                check_real_float_leaves(
+                check_float_leaves(
+                    f"the argument at argnums={position}",
                     args[position],
-                    f"floodax.grad_norm_penalty: the argument at argnums={position}",
-                    "`loss_fn`",
+                    "floodax.grad_norm_penalty",
+                    ". Keep integer state out of the differentiated argument "
+                    "(pass it in another one), or convert a weight with "
+                    "`.astype(jnp.float32)`",
                 )
         value, grads = value_and_grad(*args, **kwargs)
         loss, aux = value if has_aux else (value, None)
@@ -469,7 +472,9 @@ def add_grad_norm_penalty(
         # The norm form keeps its kink there (scale 0), like |x| at 0.
         lam = at_zero_frozen(lam)
         scale = lam * _norm_term(power, jnp.where(positive_norm, 2 * norm, 2), positive)
-        normaliser = jnp.where(power == 2, jnp.where(positive_norm, inverse, 1), inverse)
+        normaliser = jnp.where(
+            power == 2, jnp.where(positive_norm, inverse, 1), inverse
+        )
         direction = jax.tree.map(lambda v: v * normaliser, tangent)
         perturbed = [
             p
@@ -486,8 +491,9 @@ def add_grad_norm_penalty(
             direction,
         )
         difference = jax.tree.map(
-            lambda gs, g: (gs.astype(dtype) - at_zero_frozen(g).astype(dtype))
-            * (scale / r),
+            lambda gs, g: (
+                (gs.astype(dtype) - at_zero_frozen(g).astype(dtype)) * (scale / r)
+            ),
             jax.grad(value_fn)(shifted),
             grads,
         )

@@ -205,7 +205,7 @@ PARAMS_FIX = (
 
 
 def _check_params(who: str, params: Any) -> None:
-    check_float_leaves("params", params, who, fix=PARAMS_FIX)
+    check_float_leaves("`params`", params, who, PARAMS_FIX)
 
 
 def check_equivalence(

@@ -156,21 +156,6 @@ def check_float_array(name: str, value: Any) -> jax.Array:
     return array
 
 
-def check_float_leaves(name: str, tree: Any, who: str, fix: str = "") -> None:
-    """Raises a ``TypeError`` naming the first leaf of the pytree ``tree``
-    (the argument ``name`` of ``who``) without a floating-point dtype: a tree
-    that is differentiated has no gradient at an integer or boolean leaf."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(
-                f"{who}: `{name}` has a leaf of dtype {dtype} at "
-                f"{jax.tree_util.keystr(path) or 'the root'}; it is "
-                f"differentiated, and only floating-point leaves have a "
-                f"gradient{fix}."
-            )
-
-
 def check_scalar_value(name: str, value: Any) -> jax.Array:
     """Returns the loss ``value`` as a scalar float array, or raises."""
     array = check_float_array(name, value)
@@ -336,35 +321,36 @@ def check_value_fn_params(params: Any, transform: str, supported: str) -> None:
             "differentiate `value_fn` with respect to; pass the model's "
             "parameters."
         )
-    check_real_float_leaves(params, f"{transform}: `params`", "`value_fn`")
+    check_float_leaves(
+        "`params`",
+        params,
+        transform,
+        ". Keep integer state out of the parameters (e.g. in a separate "
+        "argument closed over by `value_fn`)",
+    )
 
 
-def check_real_float_leaves(tree: Any, what: str, differentiated: str) -> None:
-    """Raises a ``TypeError`` naming the first leaf of ``tree`` that is not a
-    real floating-point array: ``differentiated`` is differentiated with
-    respect to every leaf, and ``what`` names the tree in the message."""
+def check_float_leaves(name: str, tree: Any, who: str, fix: str) -> None:
+    """Raises a ``TypeError`` naming the first leaf of ``tree`` (the argument
+    ``name`` of ``who``) that is not a real floating-point array: it is
+    differentiated with respect to every leaf. ``fix`` says what to do."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         dtype = jnp.result_type(leaf)
         if jnp.issubdtype(dtype, jnp.floating):
             continue
-        where = jax.tree_util.keystr(path) or "the root"
         if jnp.issubdtype(dtype, jnp.complexfloating):
             reason = (
-                "complex leaves are not supported: the gradient norm and the "
-                "Hessian-vector products are defined here for real parameters. "
+                "complex leaves are not supported: gradients, their norms and "
+                "Hessian-vector products are taken here for real parameters. "
                 "Store a complex weight as two real leaves (its real and "
-                "imaginary parts) and combine them inside the loss."
+                "imaginary parts) and combine them inside the loss"
             )
         else:
-            reason = (
-                "integer and boolean leaves have no gradient. Keep integer "
-                "state out of the parameters (e.g. in a separate argument "
-                "closed over by the loss), or convert the leaf with "
-                "`.astype(jnp.float32)` if it is a weight."
-            )
+            reason = f"integer and boolean leaves have no gradient{fix}"
         raise TypeError(
-            f"{what} has a leaf of dtype {dtype} at {where}; {differentiated} is "
-            f"differentiated with respect to every leaf, and {reason}"
+            f"{who}: {name} has a leaf of dtype {dtype} at "
+            f"{jax.tree_util.keystr(path) or 'the root'}; it is differentiated "
+            f"with respect to every leaf, and {reason}."
         )
 
 
@@ -391,12 +377,12 @@ def _depends_on(jaxpr: Any, inputs: Any) -> bool:
     for eqn in jaxpr.eqns:
         if any(isinstance(v, Var) and v in dependent for v in eqn.invars):
             dependent.update(eqn.outvars)
-    return any(
-        isinstance(v, Var) and v in dependent for v in jaxpr.outvars
-    )
+    return any(isinstance(v, Var) and v in dependent for v in jaxpr.outvars)
 
 
-def check_value_fn_depends(value_fn: Callable[..., Any], params: Any, transform: str) -> None:
+def check_value_fn_depends(
+    value_fn: Callable[..., Any], params: Any, transform: str
+) -> None:
     """Raises when ``value_fn`` is not a scalar loss of the ``params`` it is given.
 
     Traces the reverse-mode derivative of ``value_fn`` at ``params`` once

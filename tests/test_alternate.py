@@ -151,7 +151,8 @@ def test_within_call_schedules_use_call_index(mlp, interval):
         if k % interval == 0:
             expected = _explicit_pair(loss_fn, p, e1, 0.05, False)
         else:
-            expected = jax.tree.map(lambda q, gi: q - (e1 - 0.05) * gi, p, g)
+            rate = e1 - 0.05
+            expected = jax.tree.map(lambda q, gi, r=rate: q - r * gi, p, g)
         p = optax.apply_updates(p, updates)
         assert_trees_allclose(p, expected, rtol=1e-13)
 

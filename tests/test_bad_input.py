@@ -207,11 +207,11 @@ CASES = {
             ),
         ],
         (TypeError, ValueError),
-        r"has a leaf of dtype int32 at \['n'\]; `value_fn` is differentiated.*"
+        r"has a leaf of dtype int32 at \['n'\]; it is differentiated.*"
         r"integer and boolean leaves have no gradient|`params` has no array leaves|"
         r"dtype complex64 at \['z'\].*complex leaves are not supported.*two real",
     ),
-    "integer parameters for `grad_norm_penalty`": (
+    "integer parameters for the penalty, theory checks and diagnostics": (
         [
             lambda: floodax.grad_norm_penalty(
                 lambda p: jnp.sum(p.astype(jnp.float32) ** 2), 0.1
@@ -219,10 +219,19 @@ CASES = {
             lambda: floodax.grad_norm_penalty(
                 lambda x, p: jnp.sum(p["w"] * x), 0.1, argnums=1
             )(G, {"w": jnp.array([True, False])}),
+            lambda: floodax.check_equivalence(
+                lambda p: jnp.sum(p**2.0), jnp.array([1, 2]), 0.1, 0.05
+            ),
+            lambda: floodax.hessian_eigenvalues(
+                lambda p: jnp.sum(p["w"] ** 2), {"w": G, "n": jnp.int32(3)}
+            ),
         ],
         TypeError,
-        r"the argument at argnums=(0|1) has a leaf of dtype (int32|bool) at "
-        r"(the root|\['w'\]).*convert the leaf",
+        r"floodax\.(grad_norm_penalty|check_equivalence|hessian_eigenvalues): "
+        r"(the argument at argnums=(0|1)|`params`) has a leaf of dtype (int32|bool) "
+        r"at (the root|\['w'\]|\['n'\]); it is differentiated with respect to "
+        r"every leaf, and integer and boolean leaves have no gradient\. "
+        r"(Keep integer state|Pass floating-point parameters)",
     ),
     "a `value_fn` that ignores its parameters": (
         [

@@ -572,9 +572,7 @@ def test_grad_norm_penalty_at_strength_zero_is_the_loss_where_the_norm_overflows
     penalised = floodax.grad_norm_penalty(loss_fn, 0.0, power=power)
     assert float(penalised(w)) == float(loss_fn(w))
     np.testing.assert_array_equal(jax.grad(penalised)(w), jax.grad(loss_fn)(w))
-    traced = jax.jit(
-        lambda s, w: floodax.grad_norm_penalty(loss_fn, s, power=power)(w)
-    )
+    traced = jax.jit(lambda s, w: floodax.grad_norm_penalty(loss_fn, s, power=power)(w))
     assert float(traced(jnp.float32(0.0), w)) == float(loss_fn(w))
     # A positive strength still sees the overflow: no silent clipping.
     assert not np.isfinite(float(floodax.grad_norm_penalty(loss_fn, 0.1)(w)))

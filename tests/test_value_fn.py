@@ -64,7 +64,9 @@ def test_value_fn_ignoring_its_params_is_an_error(name, value_fn):
     tx = TRANSFORMS[name]()
     params = _params()
     grads = jax.grad(_loss)(params)
-    with pytest.raises(ValueError, match=r"(?s)does not depend on the parameters.*nnx.split"):
+    with pytest.raises(
+        ValueError, match=r"(?s)does not depend on the parameters.*nnx.split"
+    ):
         tx.update(grads, tx.init(params), params, value_fn=value_fn)
     # At trace time under jit too: the traced program shows the independence.
     with pytest.raises(ValueError, match="does not depend on the parameters"):
