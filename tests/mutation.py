@@ -51,8 +51,14 @@ TESTS = {
         "tests/test_alternate.py",
         "tests/test_theory.py",
         "tests/test_adaflood.py",
+        "tests/test_value_fn.py",
+        "tests/test_diagnostics.py",
     ],
-    "floodax/_schedules.py": ["tests/test_flooding.py", "tests/test_alternate.py"],
+    "floodax/_schedules.py": [
+        "tests/test_flooding.py",
+        "tests/test_alternate.py",
+        "tests/test_inject.py",
+    ],
     "floodax/_flooding.py": [
         "tests/test_bad_input.py",
         "tests/test_flooding.py",
@@ -60,6 +66,7 @@ TESTS = {
         "tests/test_properties.py",
         "tests/test_meta_gradients.py",
         "tests/test_mixed_precision.py",
+        "tests/test_inject.py",
     ],
     "floodax/_penalty.py": [
         "tests/test_bad_input.py",
@@ -68,10 +75,14 @@ TESTS = {
         "tests/test_meta_gradients.py",
         "tests/test_properties.py",
         "tests/test_diagnostics.py",
+        "tests/test_value_fn.py",
+        "tests/test_inject.py",
     ],
     "floodax/_alternate.py": [
         "tests/test_bad_input.py",
         "tests/test_alternate.py",
+        "tests/test_value_fn.py",
+        "tests/test_inject.py",
         "tests/test_meta_gradients.py",
         "tests/test_mixed_precision.py",
         "tests/test_properties.py",
@@ -88,7 +99,8 @@ TESTS = {
         "tests/test_accumulation.py",
         "tests/test_bad_input.py",
     ],
-    "floodax/_diagnostics.py": ["tests/test_diagnostics.py"],
+    "floodax/_diagnostics.py": ["tests/test_diagnostics.py", "tests/test_bad_input.py"],
+    "floodax/_cli.py": ["tests/test_cli.py"],
     "floodax/_stats.py": ["tests/test_integrations.py"],
 }
 
