@@ -8,6 +8,8 @@ a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
 from __future__ import annotations
 
 import functools
+import os
+import re
 from pathlib import Path
 
 import jax
@@ -153,6 +155,34 @@ def _run(step, params, state, x, y, steps):
         params, state = step(params, state, x, y)
         history.append(params)
     return history
+
+
+def test_collectives_in_flight_do_not_exhaust_the_thread_pool(mesh):
+    # 100 all-reduces dispatched without waiting: each device soon has 32
+    # computations in flight, and its launch task blocks a pool thread.
+    # With a pool of 8 threads the all-reduce then lacks one device and XLA
+    # aborts the process after 40 s (see tests/test_data_parallel.py).
+    threads = int(os.environ.get("PJRT_NPROC", os.cpu_count() or 1))
+    assert max(threads, N_DEVICES) >= 2 * N_DEVICES, (
+        f"XLA:CPU's thread pool has {max(threads, N_DEVICES)} threads; 8-device "
+        "collectives can deadlock with fewer than 16: run these tests through "
+        "tests/test_data_parallel.py, or set PJRT_NPROC=16"
+    )
+    total = jax.jit(
+        shard_map(
+            lambda a: jax.lax.psum(jnp.tanh(a), "data"),
+            mesh=mesh,
+            in_specs=P("data"),
+            out_specs=P(),
+        )
+    )
+    a = np.linspace(-1.0, 1.0, N_DEVICES * 64, dtype=np.float32).reshape(-1, 64)
+    with jax.set_mesh(mesh):
+        sharded = _shard(mesh, a, P("data"))
+        results = [total(sharded) for _ in range(100)]
+    expected = np.tanh(a).reshape(N_DEVICES, -1, 64).sum(0)
+    for result in results:
+        np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", FORMS)
@@ -539,11 +569,26 @@ def test_tpu_colab_notebook_runs_on_all_devices():
     assert 0.0 < share < 1.0
 
 
+def _readme_sections(*titles):
+    """The text of README's sections of those titles, in README's order."""
+    from tests.readme_blocks import README
+
+    sections = re.split(r"^(?=## )", README.read_text(), flags=re.M)
+    return "".join(s for s in sections if s.splitlines()[0][3:] in titles)
+
+
 def test_readme_runs_on_8_devices(tmp_path, monkeypatch):
     # The Scaling-out blocks shard the batch over every device: here, 8.
-    pytest.importorskip("flax")
+    # They build on the first section's model, batch and train_step; the
+    # rest of README runs on one device in tests/test_readme.py.
     from tests.readme_blocks import python_blocks, run_blocks
 
+    text = _readme_sections("Flooding in two forms", "Scaling out")
+    blocks = python_blocks(text)
+    assert len(blocks) >= 5
     monkeypatch.chdir(tmp_path)
-    namespace = run_blocks(python_blocks())
+    namespace = run_blocks(blocks)
     assert len(namespace["sharded"]["x"].sharding.device_set) == N_DEVICES
+    state = namespace["big_state"]
+    assert state.inner.gradient_step == 1 and state.inner.mini_step == 0
+    assert len(state.value_mean.sharding.device_set) == N_DEVICES
