@@ -298,7 +298,7 @@ def test_axis_name_accumulates_the_mean_over_devices(mlp):
     # any device's copy of the state (what a checkpoint reads) resumes the
     # run, and training equals flooding the whole batch on one device.
     params, x, y = mlp
-    b, devices, k, updates = 0.3, 4, 2, 30
+    b, devices, k, updates = 0.3, 4, 2, 12
     inner = optax.chain(floodax.flood(b), optax.sgd(0.2))
     tx = floodax.multi_steps(inner, k, accumulator_dtype="float64", axis_name="d")
     # micro[j][0] has shape (devices, 2, 3): device i's part of micro-batch j.

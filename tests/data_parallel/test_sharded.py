@@ -548,6 +548,41 @@ def test_multi_steps_without_axis_name_under_shard_map_names_the_fix(
         )
 
 
+def test_multi_steps_state_kept_per_device_when_the_layout_says_so(mesh):
+    # A state sharded over the devices (one copy each, in_specs/out_specs
+    # P("data")) is a per-device layout the caller chose: no axis_name is
+    # needed, and each device's running loss is its own.
+    tx = floodax.multi_steps(optax.chain(floodax.flood(0.9), optax.sgd(0.1)), 2)
+
+    def device_step(params, state, xb, yb):
+        state = jax.tree.map(lambda a: a[0], state)
+        _, state = tx.update(params, state, params, value=_loss(params, xb, yb))
+        return jax.tree.map(lambda a: a[None], state)
+
+    step = jax.jit(
+        shard_map(
+            device_step,
+            mesh=mesh,
+            in_specs=(P(), P("data"), P("data"), P("data")),
+            out_specs=P("data"),
+        )
+    )
+    (xb, yb), _ = _micro_batches()
+    stacked = jax.tree.map(lambda a: np.stack([a] * N_DEVICES), tx.init(_params()))
+    with jax.set_mesh(mesh):
+        state = step(
+            _shard(mesh, _params(), P()),
+            _shard(mesh, stacked, P("data")),
+            _shard(mesh, xb, P("data")),
+            _shard(mesh, yb, P("data")),
+        )
+    own = [
+        float(_loss(_params(), a, b))
+        for a, b in zip(np.split(xb, N_DEVICES), np.split(yb, N_DEVICES), strict=True)
+    ]
+    np.testing.assert_allclose(state.value_mean, own, rtol=1e-6)
+
+
 def test_tpu_colab_notebook_runs_on_all_devices():
     # The notebook's code cells, in order, as Colab would run them; the
     # install cell is tagged skip-execution (myst-nb skips it too).
