@@ -350,3 +350,39 @@ def test_axis_name_outside_a_mapped_axis_is_refused():
         ValueError, match=r"floodax\.multi_steps: `axis_name='data'` names no mapped"
     ):
         tx.update(g, tx.init(g), value=jnp.float32(0.5))
+
+
+@pytest.mark.parametrize("axis_name", [None, "data"])
+def test_a_per_device_value_into_a_replicated_state_is_refused(axis_name):
+    # shard_map's check_vma types say which values differ between devices,
+    # even on a mesh of one device: without axis_name the local loss would
+    # be accumulated into a state returned as replicated (out_specs=P()).
+    # tests/data_parallel runs this on 8 devices.
+    from jax import shard_map
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((1,), ("data",))
+    tx = floodax.multi_steps(
+        optax.chain(floodax.flood(0.5), optax.sgd(1.0)), 2, axis_name=axis_name
+    )
+
+    def device_step(g, state, losses):
+        return tx.update(g, state, value=jnp.mean(losses))[1]
+
+    step = shard_map(
+        device_step, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=P()
+    )
+    g = jnp.ones(2)
+    with jax.set_mesh(mesh):
+        losses = jax.device_put(jnp.array([0.9, 0.7]), NamedSharding(mesh, P("data")))
+        if axis_name is None:
+            with pytest.raises(
+                ValueError,
+                match=r"floodax\.multi_steps: `value` differs between devices along "
+                r"mesh axis 'data'.*axis_name='data'",
+            ):
+                step(g, tx.init(g), losses)
+        else:
+            state = step(g, tx.init(g), losses)
+            np.testing.assert_allclose(state.value_mean, 0.8, rtol=1e-6)
