@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from floodax._validation import check_count, check_scalar_value
+from floodax._validation import axis_reduce, check_count, check_scalar_value
 
 
 def _micro_batch_value_fn(params: Any) -> Any:
@@ -28,6 +28,21 @@ def _micro_batch_value_fn(params: Any) -> Any:
     )
 
 
+def _varying_axes(x: Any) -> frozenset:
+    """The mesh axes along which ``x`` differs between devices, as
+    ``shard_map``'s ``check_vma`` types it (empty outside ``shard_map`` and
+    under ``check_vma=False``)."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.10
+    return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def _axis_names(axis_name: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    if axis_name is None:
+        return ()
+    return axis_name if isinstance(axis_name, tuple) else (axis_name,)
+
+
 class MultiStepsState(NamedTuple):
     """State of :func:`multi_steps`.
 
@@ -35,7 +50,9 @@ class MultiStepsState(NamedTuple):
       inner: the wrapped ``optax.MultiStepsState`` (micro-step counter,
         accumulated gradients, the inner transformation's state).
       value_mean: scalar of the accumulator dtype, the running mean of the
-        ``value`` s passed since the last update was emitted (0 before any).
+        ``value`` s passed since the last update was emitted (0 before any);
+        with ``axis_name``, of their means over devices, the same on every
+        device.
 
     Examples:
       >>> import jax.numpy as jnp, optax, floodax
@@ -59,6 +76,7 @@ def multi_steps(
     should_skip_update_fn: Callable[..., Any] | None = None,
     accumulator_dtype: Any = "float32",
     value_fn_is_large_batch: bool = False,
+    axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Gradient accumulation whose inner transformation sees the mean loss.
 
@@ -100,8 +118,18 @@ def multi_steps(
     ``optax.chain(floodax.add_grad_norm_penalty(λ), floodax.multi_steps(inner,
     k))`` averages ``∇(L_j + λ‖∇L_j‖²)`` over the micro-batches. Calls
     without ``value`` are fine for an ``inner`` that does not need one.
-    Under ``shard_map``, give :func:`flood` its ``axis_name``: the per-device
-    means are then averaged over devices.
+
+    Under ``shard_map`` (or a named ``vmap``), where each device passes its
+    own loss with the global gradient, give ``multi_steps`` the
+    ``axis_name``: it accumulates the mean of ``value`` over devices, so the
+    state is the same on every device (it passes ``shard_map``'s
+    ``out_specs=P()`` check, and a checkpoint, which reads one device's copy,
+    holds the large batch's running loss), and ``inner`` sees the global
+    mean (:func:`flood` inside needs no ``axis_name`` of its own then).
+    Without it, a ``value`` that differs between devices while the state is
+    replicated raises (``shard_map``'s ``check_vma`` types tell; under
+    ``check_vma=False`` they cannot, and each device would silently keep its
+    own running loss).
 
     Args:
       inner: the transformation to apply to the accumulated gradient, e.g.
@@ -123,10 +151,18 @@ def multi_steps(
       value_fn_is_large_batch: let transformations inside ``inner`` call the
         ``value_fn`` passed to ``update`` (see above); only for a ``value_fn``
         of the whole large batch.
+      axis_name: the name (or a tuple of names) of the mapped axes over which
+        each device holds a shard of the micro-batch: ``value`` is averaged
+        over them before it is accumulated (see above).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; its ``update`` returns
       zeros except on every ``k``-th call.
+
+    Raises:
+      ValueError: under ``shard_map``, ``value`` differs between devices
+        along a mesh axis that ``axis_name`` does not name, while the state
+        is the same on every device; ``axis_name`` names no mapped axis.
 
     Examples:
       >>> import jax.numpy as jnp, optax, floodax
@@ -201,6 +237,9 @@ def multi_steps(
             )
             return new_updates, MultiStepsState(after, state.value_mean)
         value = check_scalar_value("value", value)
+        if axis_name is not None:
+            value = axis_reduce(jax.lax.pmean, value, axis_name, "floodax.multi_steps")
+        _check_replicated(value, state.value_mean, axis_name)
         # A running mean in the accumulator's dtype (an integer count does
         # not promote it).
         mean = state.value_mean + (
@@ -219,3 +258,26 @@ def multi_steps(
         return new_updates, MultiStepsState(after, value_mean)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_replicated(
+    value: jax.Array, value_mean: jax.Array, axis_name: str | tuple[str, ...] | None
+) -> None:
+    """Refuses a per-device ``value`` accumulated into a replicated state."""
+    axes = _varying_axes(value) - _varying_axes(value_mean)
+    if not axes:
+        return
+    names = tuple(sorted(axes | set(_axis_names(axis_name))))
+    fix = repr(names[0]) if len(names) == 1 else repr(names)
+    along = ("axis " if len(axes) == 1 else "axes ") + ", ".join(
+        map(repr, sorted(axes))
+    )
+    raise ValueError(
+        f"floodax.multi_steps: `value` differs between devices along mesh "
+        f"{along}, while the accumulator "
+        "state is the same on every device: each device would keep its own "
+        "running loss in a state that reads as replicated (a checkpoint "
+        "would hold one device's). Pass "
+        f"`floodax.multi_steps(..., axis_name={fix})` to accumulate the mean "
+        "loss over devices."
+    )

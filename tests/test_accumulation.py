@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -287,3 +289,100 @@ def test_penalty_before_the_accumulation_penalises_each_micro_batch():
         expected = expected + (g + 2 * strength * hessian @ g) / len(batches)
     unravel = jax.flatten_util.ravel_pytree(params)[1]
     assert_trees_allclose(updates, unravel(-expected), rtol=1e-12)
+
+
+@pytest.mark.usefixtures("x64")
+def test_axis_name_accumulates_the_mean_over_devices(mlp):
+    # 4 devices (a named vmap) × 2 micro-batches of 2 examples each: with
+    # axis_name every device holds the same running loss, the global one, so
+    # any device's copy of the state (what a checkpoint reads) resumes the
+    # run, and training equals flooding the whole batch on one device.
+    params, x, y = mlp
+    b, devices, k, updates = 0.3, 4, 2, 12
+    inner = optax.chain(floodax.flood(b), optax.sgd(0.2))
+    tx = floodax.multi_steps(inner, k, accumulator_dtype="float64", axis_name="d")
+    # micro[j][0] has shape (devices, 2, 3): device i's part of micro-batch j.
+    micro = [
+        tuple(a.reshape(devices, k, 2, *a.shape[1:])[:, j] for a in (x, y))
+        for j in range(k)
+    ]
+
+    @jax.jit
+    @functools.partial(jax.vmap, in_axes=(None, None, 0, 0), axis_name="d")
+    def micro_step(p, state, xb, yb):
+        loss, grads = jax.value_and_grad(mlp_loss)(p, xb, yb)
+        grads = jax.lax.pmean(grads, "d")
+        updates, state = tx.update(grads, state, p, value=loss)
+        return optax.apply_updates(p, updates), state
+
+    @jax.jit
+    def full_step(p, state):
+        micro_losses = jnp.stack([mlp_loss(p, *m) for m in micro])
+        loss, grads = jax.value_and_grad(mlp_loss)(p, x, y)
+        updates, state = inner.update(grads, state, p, value=loss)
+        return optax.apply_updates(p, updates), state, loss, micro_losses
+
+    p, state, p_full, full_state = params, tx.init(params), params, inner.init(params)
+    ascents = 0
+    for _ in range(updates):
+        p_full, full_state, loss, micro_losses = full_step(p_full, full_state)
+        for j, (xb, yb) in enumerate(micro):
+            p, state = jax.device_get(micro_step(p, state, xb, yb))
+            # The same state on every device, with the global running loss:
+            for leaf in jax.tree.leaves(state):
+                np.testing.assert_array_equal(
+                    leaf, np.broadcast_to(leaf[0], leaf.shape)
+                )
+            running = np.mean(micro_losses[: j + 1]) if j < k - 1 else 0.0
+            np.testing.assert_allclose(state.value_mean[0], running, rtol=1e-12)
+            p, state = jax.tree.map(lambda a: a[0], (p, state))  # device 0's copy
+        ascents += int(loss < b)
+        assert_trees_allclose(p, p_full, rtol=1e-11, atol=1e-14)
+    assert 0 < ascents < updates
+
+
+def test_axis_name_outside_a_mapped_axis_is_refused():
+    tx = floodax.multi_steps(
+        optax.chain(floodax.flood(0.5), optax.sgd(1.0)), 2, axis_name="data"
+    )
+    g = jnp.ones(1)
+    with pytest.raises(
+        ValueError, match=r"floodax\.multi_steps: `axis_name='data'` names no mapped"
+    ):
+        tx.update(g, tx.init(g), value=jnp.float32(0.5))
+
+
+@pytest.mark.parametrize("axis_name", [None, "data"])
+def test_a_per_device_value_into_a_replicated_state_is_refused(axis_name):
+    # shard_map's check_vma types say which values differ between devices,
+    # even on a mesh of one device: without axis_name the local loss would
+    # be accumulated into a state returned as replicated (out_specs=P()).
+    # tests/data_parallel runs this on 8 devices.
+    from jax import shard_map
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((1,), ("data",))
+    tx = floodax.multi_steps(
+        optax.chain(floodax.flood(0.5), optax.sgd(1.0)), 2, axis_name=axis_name
+    )
+
+    def device_step(g, state, losses):
+        return tx.update(g, state, value=jnp.mean(losses))[1]
+
+    step = shard_map(
+        device_step, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=P()
+    )
+    g = jnp.ones(2)
+    with jax.set_mesh(mesh):
+        losses = jax.device_put(jnp.array([0.9, 0.7]), NamedSharding(mesh, P("data")))
+        if axis_name is None:
+            with pytest.raises(
+                ValueError,
+                match=r"floodax\.multi_steps: `value` differs between devices along "
+                r"mesh axis 'data'.*axis_name='data'",
+            ):
+                step(g, tx.init(g), losses)
+        else:
+            state = step(g, tx.init(g), losses)
+            np.testing.assert_allclose(state.value_mean, 0.8, rtol=1e-6)

@@ -2,6 +2,16 @@
 
 JAX fixes its device count when it starts, so the 8-device tests cannot run
 in this process; they run in a fresh one with the XLA flag set.
+
+``PJRT_NPROC`` sizes XLA:CPU's thread pools, ``max(PJRT_NPROC, devices)``
+threads, by default one per core. That pool runs both each device's part of
+a program and the tasks that launch them, and a launch task blocks while its
+device has 32 computations in flight. With 8 threads (any machine of up to 8
+cores) a blocked launch task leaves 7 threads for the 8 devices of an
+all-reduce, whose rendezvous then waits for the 8th until XLA aborts the
+process ("Expected 8 threads to join the rendezvous, but only 7 of them
+arrived on time"). 16 threads hold the 8 launch tasks and the 8 devices at
+once.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ def test_data_parallel_suite_on_8_devices():
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
+        "PJRT_NPROC": str(max(16, os.cpu_count() or 1)),
     }
     result = subprocess.run(
         [

@@ -8,6 +8,8 @@ a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
 from __future__ import annotations
 
 import functools
+import os
+import re
 from pathlib import Path
 
 import jax
@@ -153,6 +155,34 @@ def _run(step, params, state, x, y, steps):
         params, state = step(params, state, x, y)
         history.append(params)
     return history
+
+
+def test_collectives_in_flight_do_not_exhaust_the_thread_pool(mesh):
+    # 100 all-reduces dispatched without waiting: each device soon has 32
+    # computations in flight, and its launch task blocks a pool thread.
+    # With a pool of 8 threads the all-reduce then lacks one device and XLA
+    # aborts the process after 40 s (see tests/test_data_parallel.py).
+    threads = int(os.environ.get("PJRT_NPROC", os.cpu_count() or 1))
+    assert max(threads, N_DEVICES) >= 2 * N_DEVICES, (
+        f"XLA:CPU's thread pool has {max(threads, N_DEVICES)} threads; 8-device "
+        "collectives can deadlock with fewer than 16: run these tests through "
+        "tests/test_data_parallel.py, or set PJRT_NPROC=16"
+    )
+    total = jax.jit(
+        shard_map(
+            lambda a: jax.lax.psum(jnp.tanh(a), "data"),
+            mesh=mesh,
+            in_specs=P("data"),
+            out_specs=P(),
+        )
+    )
+    a = np.linspace(-1.0, 1.0, N_DEVICES * 64, dtype=np.float32).reshape(-1, 64)
+    with jax.set_mesh(mesh):
+        sharded = _shard(mesh, a, P("data"))
+        results = [total(sharded) for _ in range(100)]
+    expected = np.tanh(a).reshape(N_DEVICES, -1, 64).sum(0)
+    for result in results:
+        np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", FORMS)
@@ -380,6 +410,179 @@ def test_iflooded_axis_name_with_unequal_masks_matches_one_device(mesh):
     assert abs(np.mean(per_device) - float(one_device_loss(p_ref))) > 1e-2
 
 
+ACCUMULATED = 2  # micro-batches per update in the multi_steps tests
+
+
+def _micro_batches():
+    """Micro-batch j holds examples j·4 … j·4 + 3 of every device's shard:
+    each device's shard of micro-batch j is 4 of its own 8 examples, and the
+    two micro-batches together are the whole batch."""
+    x, y = _data()
+    size = PER_DEVICE // ACCUMULATED
+
+    def split(a):
+        a = a.reshape(N_DEVICES, ACCUMULATED, size, *a.shape[1:])
+        return [a[:, j].reshape(N_DEVICES * size, *a.shape[3:]) for j in range(2)]
+
+    return list(zip(split(x), split(y), strict=True))
+
+
+def _multi_steps_step(mesh, tx, check_vma):
+    def device_step(params, state, xb, yb):
+        # The global gradient: under check_vma, the gradient of the pmean of
+        # the local loss; without it, the pmean of the local gradients (there
+        # the gradient through a pmean is device 0's local gradient / 8).
+        if check_vma:
+            grads = jax.grad(lambda q: jax.lax.pmean(_loss(q, xb, yb), "data"))(params)
+        else:
+            grads = jax.lax.pmean(jax.grad(_loss)(params, xb, yb), "data")
+        updates, state = tx.update(grads, state, params, value=_loss(params, xb, yb))
+        return optax.apply_updates(params, updates), state
+
+    return jax.jit(
+        shard_map(
+            device_step,
+            mesh=mesh,
+            in_specs=(P(), P(), P("data"), P("data")),
+            out_specs=(P(), P()),
+            check_vma=check_vma,
+        )
+    )
+
+
+@pytest.mark.parametrize("check_vma, inner_axis_name", [(True, None), (False, "data")])
+def test_multi_steps_round_trips_through_the_host_mid_accumulation(
+    mesh, check_vma, inner_axis_name
+):
+    # Each device passes its own micro-batch loss; multi_steps(axis_name=)
+    # accumulates their mean over devices, so the state is replicated: read
+    # on the host in the middle of every accumulation (as a checkpoint reads
+    # it) and put back, it resumes as one device on the whole batch floods.
+    # Before, each device kept its own running loss, the host read device
+    # 0's, and a resumed run decided on it: here the decisions differ on 13
+    # of the 30 updates, and with check_vma the step did not trace at all.
+    b, lr, updates = 0.9, 0.1, 30
+    tx = floodax.multi_steps(
+        optax.chain(floodax.flood(b, axis_name=inner_axis_name), optax.sgd(lr)),
+        ACCUMULATED,
+        axis_name="data",
+    )
+    step = _multi_steps_step(mesh, tx, check_vma)
+    ref_tx = optax.chain(floodax.flood(b), optax.sgd(lr))
+    ref_step = jax.jit(_step_body(ref_tx, _form("flood")[1]))
+    x, y = _data()
+    micro = _micro_batches()
+    replicated = NamedSharding(mesh, P())
+    p_ref, ref_state = _params(), ref_tx.init(_params())
+    ascents, device_0_decides_otherwise = 0, 0
+    with jax.set_mesh(mesh):
+        p = jax.device_put(_params(), replicated)
+        state = jax.device_put(tx.init(_params()), replicated)
+        shards = [
+            (_shard(mesh, xb, P("data")), _shard(mesh, yb, P("data")))
+            for xb, yb in micro
+        ]
+        for _ in range(updates):
+            losses = [float(_loss(p_ref, xb, yb)) for xb, yb in micro]
+            own = float(_loss(p_ref, micro[0][0][:4], micro[0][1][:4]))  # device 0
+            p, state = step(p, state, *shards[0])
+            host = jax.device_get(state)
+            np.testing.assert_allclose(host.value_mean, losses[0], rtol=1e-5)
+            p, state = jax.device_put((jax.device_get(p), host), replicated)
+            p, state = step(p, state, *shards[1])
+            p_ref, ref_state = ref_step(p_ref, ref_state, x, y)
+            _assert_close(p, p_ref)
+            ascents += np.mean(losses) < b
+            device_0_decides_otherwise += (np.mean(losses) < b) != (
+                (own + losses[1]) / 2 < b
+            )
+    assert 0 < ascents < updates
+    assert int(state.inner.inner_opt_state[0].ascent_count) == ascents
+    assert device_0_decides_otherwise > 0
+
+
+@pytest.mark.parametrize(
+    "shape, axis_name, along, fix",
+    [
+        ((8,), None, "axis 'data'", "'data'"),
+        # A 4 × 2 mesh with the batch split over both axes: naming one is
+        # not enough.
+        ((4, 2), "data", "axis 'model'", r"\('data', 'model'\)"),
+        ((4, 2), None, "axes 'data', 'model'", r"\('data', 'model'\)"),
+    ],
+    ids=["one-axis", "one-of-two-named", "two-axes"],
+)
+def test_multi_steps_without_axis_name_under_shard_map_names_the_fix(
+    shape, axis_name, along, fix
+):
+    # With the default check_vma, a per-device loss accumulated into a
+    # replicated state is refused while tracing, by floodax, with the fix
+    # (shard_map's own error names neither).
+    axes = ("data", "model")[: len(shape)]
+    mesh = jax.make_mesh(shape, axes)
+    tx = floodax.multi_steps(
+        optax.chain(floodax.flood(0.9), optax.sgd(0.1)), 2, axis_name=axis_name
+    )
+
+    def device_step(params, state, xb, yb):
+        return tx.update(params, state, params, value=_loss(params, xb, yb))[1]
+
+    step = shard_map(
+        device_step,
+        mesh=mesh,
+        in_specs=(P(), P(), P(axes), P(axes)),
+        out_specs=P(),
+    )
+    x, y = _data()
+    message = (
+        rf"floodax\.multi_steps: `value` differs between devices along mesh "
+        rf"{along}, .*`floodax\.multi_steps\(\.\.\., axis_name={fix}\)`"
+    )
+    with jax.set_mesh(mesh), pytest.raises(ValueError, match=message):
+        jax.eval_shape(
+            step,
+            _params(),
+            tx.init(_params()),
+            _shard(mesh, x, P(axes)),
+            _shard(mesh, y, P(axes)),
+        )
+
+
+def test_multi_steps_state_kept_per_device_when_the_layout_says_so(mesh):
+    # A state sharded over the devices (one copy each, in_specs/out_specs
+    # P("data")) is a per-device layout the caller chose: no axis_name is
+    # needed, and each device's running loss is its own.
+    tx = floodax.multi_steps(optax.chain(floodax.flood(0.9), optax.sgd(0.1)), 2)
+
+    def device_step(params, state, xb, yb):
+        state = jax.tree.map(lambda a: a[0], state)
+        _, state = tx.update(params, state, params, value=_loss(params, xb, yb))
+        return jax.tree.map(lambda a: a[None], state)
+
+    step = jax.jit(
+        shard_map(
+            device_step,
+            mesh=mesh,
+            in_specs=(P(), P("data"), P("data"), P("data")),
+            out_specs=P("data"),
+        )
+    )
+    (xb, yb), _ = _micro_batches()
+    stacked = jax.tree.map(lambda a: np.stack([a] * N_DEVICES), tx.init(_params()))
+    with jax.set_mesh(mesh):
+        state = step(
+            _shard(mesh, _params(), P()),
+            _shard(mesh, stacked, P("data")),
+            _shard(mesh, xb, P("data")),
+            _shard(mesh, yb, P("data")),
+        )
+    own = [
+        float(_loss(_params(), a, b))
+        for a, b in zip(np.split(xb, N_DEVICES), np.split(yb, N_DEVICES), strict=True)
+    ]
+    np.testing.assert_allclose(state.value_mean, own, rtol=1e-6)
+
+
 def test_tpu_colab_notebook_runs_on_all_devices():
     # The notebook's code cells, in order, as Colab would run them; the
     # install cell is tagged skip-execution (myst-nb skips it too).
@@ -401,11 +604,26 @@ def test_tpu_colab_notebook_runs_on_all_devices():
     assert 0.0 < share < 1.0
 
 
+def _readme_sections(*titles):
+    """The text of README's sections of those titles, in README's order."""
+    from tests.readme_blocks import README
+
+    sections = re.split(r"^(?=## )", README.read_text(), flags=re.M)
+    return "".join(s for s in sections if s.splitlines()[0][3:] in titles)
+
+
 def test_readme_runs_on_8_devices(tmp_path, monkeypatch):
     # The Scaling-out blocks shard the batch over every device: here, 8.
-    pytest.importorskip("flax")
+    # They build on the first section's model, batch and train_step; the
+    # rest of README runs on one device in tests/test_readme.py.
     from tests.readme_blocks import python_blocks, run_blocks
 
+    text = _readme_sections("Flooding in two forms", "Scaling out")
+    blocks = python_blocks(text)
+    assert len(blocks) >= 5
     monkeypatch.chdir(tmp_path)
-    namespace = run_blocks(python_blocks())
+    namespace = run_blocks(blocks)
     assert len(namespace["sharded"]["x"].sharding.device_set) == N_DEVICES
+    state = namespace["big_state"]
+    assert state.inner.gradient_step == 1 and state.inner.mini_step == 0
+    assert len(state.value_mean.sharding.device_set) == N_DEVICES
