@@ -135,7 +135,13 @@ def multi_steps(
       inner: the transformation to apply to the accumulated gradient, e.g.
         ``optax.chain(floodax.flood(b), optax.adam(lr))``.
       every_k_schedule: ``k``, the number of micro-batches per update (an
-        int, an integer array, or a schedule of the update count).
+        int, an integer array, or a schedule of the number of updates
+        emitted so far, as in ``optax.MultiSteps``). A schedule under
+        ``optax.inject_hyperparams`` goes in ``static_args``:
+        ``inject_hyperparams(floodax.multi_steps, static_args=
+        ("every_k_schedule",))(inner, schedule)``; injected, it would be
+        evaluated at the micro-batch count instead, which ``multi_steps``
+        cannot see. An int may be injected (and changed in the state).
       use_grad_mean: average the gradients (``True``) or sum them, as in
         ``optax.MultiSteps``.
       should_skip_update_fn: as in ``optax.MultiSteps`` (e.g.

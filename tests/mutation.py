@@ -98,6 +98,8 @@ TESTS = {
     "floodax/_accumulation.py": [
         "tests/test_accumulation.py",
         "tests/test_bad_input.py",
+        "tests/test_inject.py",
+        "tests/test_data_parallel.py",
     ],
     "floodax/_diagnostics.py": ["tests/test_diagnostics.py", "tests/test_bad_input.py"],
     "floodax/_cli.py": ["tests/test_cli.py"],

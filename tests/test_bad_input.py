@@ -39,6 +39,26 @@ def _scheduled_pairs():
         _, state = tx.update(G, state)
 
 
+def _per_device_multi_steps():
+    # A one-device mesh: shard_map's check_vma types the loss of a sharded
+    # batch as varying along 'data' all the same (8 devices: data_parallel/).
+    from jax import shard_map
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((1,), ("data",))
+    tx = floodax.multi_steps(optax.chain(floodax.flood(0.5), optax.sgd(1.0)), 2)
+    step = shard_map(
+        lambda g, state, losses: tx.update(g, state, value=jnp.mean(losses))[1],
+        mesh=mesh,
+        in_specs=(P(), P(), P("data")),
+        out_specs=P(),
+    )
+    with jax.set_mesh(mesh):
+        losses = jax.device_put(jnp.array([0.9, 0.7]), NamedSharding(mesh, P("data")))
+        step(G, tx.init(G), losses)
+
+
 def _masked_update(inner):
     params = {"a": G, "b": G}
     tx = optax.masked(inner, {"a": True, "b": False})
@@ -290,6 +310,12 @@ CASES = {
         ValueError,
         r"`every_k_schedule` must be an integer >= 1|"
         r"`accumulator_dtype` must be a floating-point dtype",
+    ),
+    "a per-device loss in `multi_steps` under `shard_map`": (
+        [_per_device_multi_steps],
+        ValueError,
+        r"floodax\.multi_steps: `value` differs between devices along mesh axis "
+        r"'data'.*Pass `floodax\.multi_steps\(\.\.\., axis_name='data'\)`",
     ),
     "a micro-batch's `value_fn` inside `multi_steps`": (
         [

@@ -128,3 +128,28 @@ def test_injected_penalty_strength_schedule_is_evaluated_per_step():
         expected = -0.05 * jax.grad(floodax.grad_norm_penalty(loss_fn, strength(k)))(p)
         np.testing.assert_allclose(injected[k], expected, rtol=1e-5)
         p = p + injected[k]
+
+
+@pytest.mark.parametrize("every_k", [3, "schedule"])
+def test_multi_steps_schedule_agrees_under_inject_hyperparams(every_k):
+    # every_k_schedule is a schedule of the updates emitted (optax.MultiSteps'
+    # gradient_step). inject_hyperparams would evaluate it at the micro-batch
+    # count, so a schedule goes in static_args, as multi_steps documents; an
+    # int is injected as an array hyperparameter.
+    if every_k == "schedule":
+        every_k = lambda step: jnp.where(step < 2, 2, 3)  # noqa: E731
+        static = ("every_k_schedule",)
+    else:
+        static = ()
+    inner = optax.chain(floodax.flood(1.0), optax.sgd(0.05))
+    plain = _run(floodax.multi_steps(inner, every_k), value=True)
+    injected = _run(
+        optax.inject_hyperparams(floodax.multi_steps, static_args=static)(
+            inner, every_k
+        ),
+        value=True,
+    )
+    np.testing.assert_allclose(injected, plain, rtol=1e-6, atol=0)
+    emitted = np.flatnonzero(np.any(plain != 0, axis=1))
+    # k = 2, 2, then 3 for the schedule of updates emitted; 3 throughout.
+    np.testing.assert_array_equal(emitted, [1, 3, 6, 9] if static else [2, 5, 8, 11])
