@@ -529,18 +529,29 @@ def test_flood_works_inside_multisteps(mlp):
         params,
     )
     halves = [(x[:8], y[:8]), (x[8:], y[8:])]
+
+    @jax.jit
+    def micro_step(p, state, xh, yh, earlier):
+        # earlier: the losses of the accumulation's earlier micro-batches.
+        value, grads = jax.value_and_grad(mlp_loss)(p, xh, yh)
+        mean = (jnp.sum(earlier) + value) / (earlier.size + 1)
+        updates, state = ms.update(grads, state, p, value=mean)
+        return optax.apply_updates(p, updates), state, value
+
+    @jax.jit
+    def full_step(p, state):
+        grads = jax.grad(lambda p: floodax.flooded(mlp_loss(p, x, y), b))(p)
+        updates, state = full.update(grads, state, p)
+        return optax.apply_updates(p, updates), state
+
     flipped = 0
     for _ in range(30):
-        values = []
+        values = jnp.zeros((0,), x.dtype)
         for xh, yh in halves:
-            value, grads = jax.value_and_grad(mlp_loss)(p_ms, xh, yh)
-            values.append(value)
-            updates, ms_state = ms.update(grads, ms_state, p_ms, value=np.mean(values))
-            p_ms = optax.apply_updates(p_ms, updates)
+            p_ms, ms_state, value = micro_step(p_ms, ms_state, xh, yh, values)
+            values = jnp.append(values, value)
         flipped += int(mlp_loss(p_full, x, y) < b)
-        grads = jax.grad(lambda p: floodax.flooded(mlp_loss(p, x, y), b))(p_full)
-        updates, full_state = full.update(grads, full_state, p_full)
-        p_full = optax.apply_updates(p_full, updates)
+        p_full, full_state = full_step(p_full, full_state)
         assert_trees_allclose(p_ms, p_full, rtol=1e-10)
     assert flipped > 0
 
