@@ -110,8 +110,11 @@ def hessian_eigenvalues(
     entry of ``T`` taken from the products as computed. The largest is the
     usual sharpness; ``which="smallest"`` finds negative curvature, a saddle
     point's escape direction. When a product ``H·v`` lies in the span of the
-    basis (an invariant subspace: Gram-Schmidt leaves no more than its own
-    rounding, ``n·eps·‖H·v‖``), the space is continued from a fresh random
+    basis (an invariant subspace: Gram-Schmidt against the ``m`` vectors
+    leaves no more than its own rounding, ``m·eps·‖H·v‖``, a test that does
+    not grow with the number of parameters, so neither a model of millions
+    of parameters nor a spectrum on an offset, such as weight decay's, is
+    taken for one), the space is continued from a fresh random
     vector orthogonal to ``V``. The iteration runs in at least float32 (the
     Hessian-vector products in the parameters' own dtypes).
 
@@ -278,9 +281,12 @@ def hessian_eigenvalues(
         w, coefficients = orthogonalise(w, basis)
         norm = jnp.linalg.norm(w)
         # H·v_j lies in the span of the basis (an invariant subspace) when
-        # Gram-Schmidt leaves no more than its own rounding error, about
-        # n·eps·‖H·v_j‖; then a fresh random direction continues the space.
-        broke = norm <= n * eps * w_norm
+        # Gram-Schmidt against m vectors leaves no more than its own rounding
+        # error, about m·eps·‖H·v_j‖; then a fresh random direction continues
+        # the space. (n·eps would grow with the model: from n = 1/eps every
+        # step would count as a breakdown, and an offset spectrum, whose
+        # residuals are small next to ‖H·v‖, would too.)
+        broke = norm <= m * eps * w_norm
         nxt = jnp.where(
             broke,
             fresh(
