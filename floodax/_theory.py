@@ -289,7 +289,10 @@ class OrderReport(NamedTuple):
         smaller rate, and if the errors stop falling further down the
         ladder, :data:`FLOOR_MARGIN` times the largest error from there on.
         At the floor the errors measure rounding, not the derivation, and
-        would bend the slope.
+        would bend the slope. Errors that stop falling more than
+        :data:`FLOOR_CEILING` times above the rounding level are no floor
+        (a wrong derivation whose terms cancel near one rate): then every
+        rung above the level is fitted, so the wrong slope shows.
 
     Examples:
       >>> import jax.numpy as jnp, floodax
@@ -343,6 +346,12 @@ FLOOR_MARGIN = 10
 """Where a ladder's errors stop falling, the largest error from there on is
 the floor measured; only errors ``FLOOR_MARGIN`` times above it are fitted."""
 
+FLOOR_CEILING = 1e3
+"""A floor more than ``FLOOR_CEILING`` times the rounding level is not
+rounding: errors that stop falling there do so by their own shape (a wrong
+derivation's ε² term cancelling its ε³ residual near one rate), and the rungs
+after it are fitted, not dropped."""
+
 
 def _first_run(mask: np.ndarray) -> np.ndarray:
     """``mask`` with every entry after its first unbroken run of True cleared."""
@@ -364,6 +373,8 @@ def _above_floor(errors: np.ndarray, level: float) -> np.ndarray:
     run = _first_run((errors > level) & (errors > later))
     end = len(run) - int(np.argmax(run[::-1]))
     floor = errors[end:].max(initial=0.0)
+    if floor > FLOOR_CEILING * level:
+        return errors > level
     return run & (errors > FLOOR_MARGIN * floor)
 
 

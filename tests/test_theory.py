@@ -486,9 +486,23 @@ def test_order_fit_keeps_the_first_unbroken_run():
     cubic[0] = 0.5 * cubic[1]
     cubic[6:] = [1e-9, 3e-9, 2e-9, 1e-9]
     square = rates**2
-    report = _synthetic_fit(cubic, square, level=1e-12)
+    report = _synthetic_fit(cubic, square, level=1e-9)
     assert report.fitted.tolist() == [False] + [True] * 5 + [False] * 4
     np.testing.assert_allclose(report.derivation_order, 3.0, atol=1e-12)
+
+
+def test_a_wrong_derivation_whose_error_dips_is_not_passed_as_a_floor():
+    # A derivation missing an ε² term a·ε² that cancels its ε³ residual near
+    # one rate: the errors dip there, then fall as ε² at the small rates,
+    # where the error shows. That tail lies 10⁵ times above the rounding
+    # level, so it is no floor: every rung is fitted and the order is off
+    # (dropping the tail gave 3.16, a pass; found by an adversarial review).
+    rates = 0.2 * 0.5 ** np.arange(12)
+    for dip in (6, 7):
+        wrong = np.abs(1.1 * rates[dip] * rates**2 - rates**3)
+        report = _synthetic_fit(wrong, 0.5 * rates**2, level=1e-15)
+        assert report.fitted.all()
+        assert abs(report.derivation_order - 3.0) > 0.2
 
 
 def test_order_fit_names_num_rates_and_the_range_when_too_few_remain():
@@ -500,7 +514,7 @@ def test_order_fit_names_num_rates_and_the_range_when_too_few_remain():
         r"give errors above the rounding floor.*a larger `largest_rate`, or a "
         r"`shrink` closer to 1",
     ):
-        _synthetic_fit(flat, 10 * flat, level=1e-16)
+        _synthetic_fit(flat, 10 * flat, level=1e-11)
 
 
 def test_flow_rounding_floor_lies_below_the_level():
