@@ -88,10 +88,15 @@ def alternate(
     them, so ``alternate(ε1, s)`` and
     ``optax.inject_hyperparams(alternate)(ε1, s)`` give the same updates.
     Across calls the two steps of a pair therefore see ``s(2c)`` and
-    ``s(2c + 1)``; to hold the rates fixed over each pair, index the
-    schedule by the pair yourself: ``lambda count: s(count // 2)`` (with
-    ``interval=n``, ``count // (n + 1)`` for the cycle). Within one call
-    both steps of a pair use the rates at that call's count.
+    ``s(2c + 1)``. With a decaying schedule and ``ascent_first=True`` the
+    ascent step then outweighs the descent step after it whenever
+    ``ε1 ≈ ε2`` (``alternate(s, s, ascent_first=True)`` with
+    ``s = linear_schedule(0.4, 0, 8)`` nets ``+0.05·g`` a pair: ascent),
+    although ``ε1 >= ε2`` at every step. To hold the rates fixed over each
+    pair, index the schedule by the pair yourself:
+    ``lambda count: s(count // 2)`` (with ``interval=n``,
+    ``count // (n + 1)`` for the cycle). Within one call both steps of a
+    pair use the rates at that call's count.
 
     Args:
       descent_rate: ``ε1 >= 0``, a number, scalar array or schedule of the

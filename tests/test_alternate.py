@@ -137,6 +137,21 @@ def test_within_call_interval_alternates_pair_and_plain(mlp):
         assert_trees_allclose(p, expected, rtol=1e-13)
 
 
+def test_decaying_equal_rates_in_backstitch_order_net_ascent_unless_pair_indexed(
+    x64,
+):
+    # The docstring's warning, measured: per-step rates give each pair
+    # s(2c) - s(2c + 1) = +0.05 of ascent; the pair-indexed recipe gives 0.
+    s = optax.linear_schedule(0.4, 0.0, transition_steps=8)
+    grads = [jnp.ones(1)] * 8
+    for schedule, net in ((s, 0.05), (lambda count: s(count // 2), 0.0)):
+        out, _ = _run_across(
+            floodax.alternate(schedule, schedule, ascent_first=True), grads
+        )
+        pairs = np.add.reduceat(np.concatenate(out), np.arange(0, 8, 2))
+        np.testing.assert_allclose(pairs, net, atol=1e-7)  # float32 schedules
+
+
 @pytest.mark.parametrize("interval", [1, 2])
 def test_within_call_schedules_use_call_index(mlp, interval):
     params, x, y = mlp
