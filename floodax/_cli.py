@@ -92,14 +92,21 @@ def _grid(text: str) -> tuple[float, ...]:
                 "is too large a grid",
             )
         count = int((stop - start) // step) + 1
-        levels = tuple(float(start + i * step) for i in range(count))
+        exact = [start + i * step for i in range(count)]
     else:
         try:
-            levels = tuple(float(v) for v in text.split(","))
-        except ValueError:
+            exact = [decimal.Decimal(v) for v in text.split(",")]
+        except (ValueError, decimal.InvalidOperation):
             raise refuse(usage) from None
-        if not all(math.isfinite(b) for b in levels):
-            raise refuse("flood levels must be finite numbers")
+    if not all(v.is_finite() for v in exact):
+        raise refuse("flood levels must be finite numbers")
+    levels = tuple(float(v) for v in exact)
+    # Checked on the floats that will train: 1e309 is finite in decimal but
+    # inf as a float, and 1e-400 a positive level that would train as 0.
+    if not all(math.isfinite(b) for b in levels):
+        raise refuse("flood levels must be finite numbers (below 1.8e308)")
+    if any(b == 0 and v != 0 for b, v in zip(levels, exact, strict=True)):
+        raise refuse("a positive level rounds to 0 as a float (below 5e-324)")
     if min(levels) < 0:
         raise refuse("flood levels must be non-negative")
     if max(levels) == 0:

@@ -81,6 +81,11 @@ def test_grid_size_limit_boundary(monkeypatch, capsys):
         ("0:1:nan", "must be finite numbers"),
         ("0,0.1,inf", "must be finite numbers"),
         ("0,nan", "must be finite numbers"),
+        ("0.1,snan", "must be finite numbers"),
+        # Finite in decimal, not as the floats that train (review findings):
+        ("0:1e309:1e308", "must be finite numbers"),
+        ("1e309,0.1", "must be finite numbers"),
+        ("1e-400,0.1", "rounds to 0 as a float"),
         ("-0.1:0.5:0.1", "must be non-negative"),
         ("0,-0.1", "must be non-negative"),
         ("0", "no positive level"),
