@@ -411,8 +411,11 @@ def check_value_fn_depends(
     if not _depends_on(closed.jaxpr, closed.jaxpr.invars[-1:]):
         raise ValueError(
             f"{transform}: `value_fn` does not depend on the parameters it is "
-            "given, so its gradient is zero everywhere and the transformation "
-            "would silently change nothing. " + VALUE_FN_PATTERN
+            "given, as JAX differentiates it (it never reads them, reads them "
+            "only through `stop_gradient` or integer values, or a `custom_vjp` "
+            "rule ignores the output cotangent), so its gradient is zero by "
+            "construction and the transformation would silently change "
+            "nothing. " + VALUE_FN_PATTERN
         )
 
 
