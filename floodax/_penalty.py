@@ -447,20 +447,20 @@ def add_grad_norm_penalty(
         )
         norm, inverse = safe_norm(squared_norm(tangent))
         lam = jnp.asarray(strength, dtype)
-        positive = (norm > 0).astype(dtype)
+        positive_norm = norm > 0
+        positive = positive_norm.astype(dtype)
         if method == "exact":
             # The squared form 2λ·H·v is linear in v. Normalising by a
             # constant c (no derivative; 1 at v = 0) keeps H·(c·v) in range
             # and 2λ/c·H·(c·v) = 2λ·H·v with the right derivative, also at
             # v = 0; the norm form λ·H·v̂ has a kink there, like |x|.
-            constant = jax.lax.stop_gradient(jnp.where(norm > 0, inverse, 1))
+            constant = jax.lax.stop_gradient(jnp.where(positive_norm, inverse, 1))
             normaliser = jnp.where(power == 2, constant, inverse)
             scale = lam * _norm_term(power, 2 / constant, positive)
             direction = jax.tree.map(lambda v: v * normaliser, tangent)
             h_direction = hessian_vector_product(value_fn, params, direction, hvp)
             return jax.tree.map(lambda h: h.astype(dtype) * scale, h_direction)
         # The scale on H·v̂ is the derivative of λ‖v‖^p along v̂.
-        positive_norm = norm > 0
 
         def at_zero_frozen(x: Any) -> Any:
             """``x``, with no derivative where ``v = 0``."""
