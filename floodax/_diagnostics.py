@@ -16,7 +16,12 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from floodax._penalty import accumulation_dtype, hessian_vector_product, squared_norm
-from floodax._validation import check_float_leaves, check_int, check_real
+from floodax._validation import (
+    check_float_leaves,
+    check_int,
+    check_real,
+    loss_output_fix,
+)
 
 WHICH = ("largest", "smallest")
 
@@ -41,24 +46,14 @@ def _check_params(params: Any, who: str) -> Any:
 def _scalar_loss(loss_fn: Callable[..., Any], params: Any, args: tuple) -> Callable:
     """``loss_fn`` of the parameters alone, checked to return a float scalar."""
     out = jax.eval_shape(loss_fn, params, *args)
-    if isinstance(out, tuple | list):
-        fix = (
-            "; for a loss that returns `(loss, aux)`, pass "
-            "`lambda p, *a: loss_fn(p, *a)[0]`"
+    fix = loss_output_fix(out, "pass `lambda p, *a: loss_fn(p, *a)[0]`")
+    if fix is not None:
+        raise ValueError(
+            "`loss_fn` must return a scalar floating-point loss, got "
+            f"{getattr(out, 'shape', type(out).__name__)} "
+            f"{getattr(out, 'dtype', '')}{fix}."
         )
-    elif not hasattr(out, "shape"):
-        fix = ""
-    elif out.shape != ():
-        fix = "; reduce the per-example losses (e.g. with .mean())"
-    elif not jnp.issubdtype(out.dtype, jnp.floating):
-        fix = "; compute the loss in floating point (e.g. `.astype(jnp.float32)`)"
-    else:
-        return lambda p: loss_fn(p, *args)
-    raise ValueError(
-        "`loss_fn` must return a scalar floating-point loss, got "
-        f"{getattr(out, 'shape', type(out).__name__)} "
-        f"{getattr(out, 'dtype', '')}{fix}."
-    )
+    return lambda p: loss_fn(p, *args)
 
 
 class HessianEigenvalues(NamedTuple):

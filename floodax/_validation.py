@@ -354,6 +354,25 @@ def check_float_leaves(name: str, tree: Any, who: str, fix: str) -> None:
         )
 
 
+def loss_output_fix(out: Any, aux_fix: str) -> str | None:
+    """``None`` when ``out``, the output of a loss function (a value or a
+    ``jax.ShapeDtypeStruct``), is a real floating-point scalar; otherwise
+    the fix to append to the caller's error ("; …", or "" for an object that
+    is no array at all). ``aux_fix`` is the fix for a ``(loss, aux)`` tuple,
+    which depends on how the caller takes the loss."""
+    if isinstance(out, tuple | list):
+        return f"; for a loss that returns `(loss, aux)`, {aux_fix}"
+    if isinstance(out, int | float | complex | np.generic):
+        out = jax.ShapeDtypeStruct((), jnp.result_type(out))
+    if not (hasattr(out, "shape") and hasattr(out, "dtype")):
+        return ""
+    if out.shape != ():
+        return "; reduce the per-example losses (e.g. with .mean())"
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        return "; compute the loss in floating point (e.g. `.astype(jnp.float32)`)"
+    return None
+
+
 VALUE_FN_PATTERN = """\
 Build `value_fn` so that the loss is computed from the parameters it is given:
   plain pytrees:  value_fn=lambda p: loss_fn(p, batch)
@@ -397,13 +416,16 @@ def check_value_fn_depends(
 
     def pullback(primals: Any, cotangent: jax.Array) -> Any:
         out, vjp = jax.vjp(value_fn, primals)
-        if np.shape(out) != () or not jnp.issubdtype(
-            jnp.result_type(out), jnp.floating
-        ):
+        fix = loss_output_fix(out, "pass `value_fn=lambda p: loss_fn(p)[0]`")
+        if fix is not None:
+            kind = (
+                jax.typeof(out).str_short()
+                if hasattr(out, "shape")
+                else type(out).__name__
+            )
             raise TypeError(
                 f"{transform}: `value_fn` must return a real floating-point "
-                f"scalar (the loss), got {jax.typeof(out).str_short()}. "
-                "Reduce per-example losses with `.mean()` inside `value_fn`."
+                f"scalar (the loss), got {kind}{fix}."
             )
         return vjp(cotangent.astype(jnp.result_type(out)))
 

@@ -103,6 +103,35 @@ def test_non_scalar_value_fn_is_named():
         )
 
 
+@pytest.mark.parametrize(
+    "value_fn, got",
+    [
+        (
+            lambda p: (_loss(p), 0.0),
+            r"got tuple; for a loss that returns "
+            r"`\(loss, aux\)`, pass `value_fn=lambda p: loss_fn\(p\)\[0\]`",
+        ),
+        (lambda p: {"loss": _loss(p)}, r"got dict\."),
+        (
+            lambda p: jnp.sum(p["w"] > 0),
+            r"got int32\[\]; compute the loss in "
+            r"floating point",
+        ),
+    ],
+)
+def test_value_fn_of_the_wrong_kind_is_named(value_fn, got):
+    # A (loss, aux) value_fn reached a raw TracerArrayConversionError, a dict
+    # "Cannot determine dtype"; the check the diagnostics use names both.
+    tx = floodax.add_grad_norm_penalty(0.1)
+    params = _params()
+    with pytest.raises(
+        TypeError,
+        match=r"must return a real floating-point "
+        r"scalar \(the loss\), " + got,
+    ):
+        tx.update(params, tx.init(params), params, value_fn=value_fn)
+
+
 def test_value_fn_in_multi_steps_large_batch_is_checked():
     tx = floodax.multi_steps(
         optax.chain(floodax.add_grad_norm_penalty(0.1), optax.sgd(0.1)),
