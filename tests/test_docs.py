@@ -7,6 +7,8 @@ pyproject.toml); this test makes sure none is missing.
 from __future__ import annotations
 
 import inspect
+import pathlib
+import re
 import types
 
 import pytest
@@ -30,3 +32,11 @@ def test_all_lists_every_public_name():
         and not isinstance(getattr(floodax, n), types.ModuleType)
     }
     assert public == set(floodax.__all__)
+
+
+def test_every_tutorial_is_in_the_index_toctree():
+    docs = pathlib.Path(__file__).parent.parent / "docs"
+    index = (docs / "index.md").read_text()
+    listed = set(re.findall(r"^(tutorials/[\w-]+)$", index, flags=re.MULTILINE))
+    pages = {f"tutorials/{p.stem}" for p in (docs / "tutorials").glob("*.md")}
+    assert listed == pages
