@@ -36,7 +36,14 @@ extensions = [
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb"}
-exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints"]
+# "screenshots": _static/screenshots (how the site looks, for reviewers) stays
+# out of the built site; html_static_path honours these patterns too.
+exclude_patterns = [
+    "_build",
+    "jupyter_execute",
+    "**.ipynb_checkpoints",
+    "screenshots",
+]
 root_doc = "index"
 
 autodoc_member_order = "bysource"
