@@ -36,13 +36,13 @@ extensions = [
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb"}
-# "screenshots": _static/screenshots (how the site looks, for reviewers) stays
-# out of the built site; html_static_path honours these patterns too.
+# "**/screenshots": _static/screenshots (how the site looks, for reviewers)
+# stays out of the built site; html_static_path honours these patterns too.
 exclude_patterns = [
     "_build",
     "jupyter_execute",
     "**.ipynb_checkpoints",
-    "screenshots",
+    "**/screenshots",
 ]
 root_doc = "index"
 
