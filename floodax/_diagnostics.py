@@ -79,7 +79,7 @@ class HessianEigenvalues(NamedTuple):
     """
 
     eigenvalues: jax.Array
-    eigenvectors: Any
+    eigenvectors: chex.ArrayTree | None
     residuals: jax.Array
 
 
@@ -360,7 +360,7 @@ class LossLandscape(NamedTuple):
     alphas: jax.Array
     betas: jax.Array | None
     losses: jax.Array
-    directions: Any
+    directions: chex.ArrayTree
 
 
 def filter_normalized_direction(key: jax.Array, params: chex.ArrayTree) -> Any:

@@ -129,11 +129,11 @@ def grad_norm_penalty(
 
     .. math::
 
-      \tilde L(\theta) = L(\theta) + \lambda \|\nabla_\theta L(\theta)\|_2^p
+      \tilde L(\theta) &= L(\theta) + \lambda \|\nabla_\theta L(\theta)\|_2^p
 
-      \nabla \tilde L = \nabla L + 2 \lambda\, H \nabla L \quad (p = 2),
-      \qquad
-      \nabla \tilde L = \nabla L + \lambda\, H \frac{\nabla L}{\|\nabla L\|}
+      \nabla \tilde L &= \nabla L + 2 \lambda\, H \nabla L \quad (p = 2)
+
+      \nabla \tilde L &= \nabla L + \lambda\, H \frac{\nabla L}{\|\nabla L\|}
       \quad (p = 1)
 
     where the norm is global over the whole pytree at ``argnums``. The

@@ -53,8 +53,8 @@ class EquivalentPenalty(NamedTuple):
       0.075
     """
 
-    learning_rate: Any
-    strength: Any
+    learning_rate: chex.Numeric
+    strength: chex.Numeric
 
 
 def _check_rates(descent_rate: Any, ascent_rate: Any, *, strict: bool) -> None:

@@ -174,7 +174,7 @@ class TrainResult(NamedTuple):
     test_loss: float
     test_accuracy: float
     probes: list
-    optimizer_state: Any
+    optimizer_state: optax.OptState
 
 
 class SweepResult(NamedTuple):
