@@ -106,9 +106,7 @@ def nnx_plain():
 
 
 @pytest.mark.parametrize("name", TRANSFORMS)
-def test_nnx_extra_passes_leave_the_model_and_match_the_reference(
-    name, nnx_plain, x64
-):
+def test_nnx_extra_passes_leave_the_model_and_match_the_reference(name, nnx_plain, x64):
     model, updates, before = _nnx_step(TRANSFORMS[name](), with_value_fn=True)
     # Batch statistics and dropout counters: advanced once, by the clean pass.
     assert_trees_allclose(_non_params(model), nnx_plain, rtol=0, atol=0)
