@@ -9,6 +9,7 @@ command it would run is recorded.
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,14 @@ def test_installed_it_does_nothing(cell, tmp_path, monkeypatch):
 def test_the_repository_is_found_from_its_examples_folder():
     namespace = _run_install_cell()
     assert namespace["floodax_checkout"](NOTEBOOK.parent) == NOTEBOOK.parents[1]
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/index.md"])
+def test_install_instructions_name_this_version_and_no_index(page):
+    import floodax
+
+    text = (NOTEBOOK.parents[1] / page).read_text()
+    wheels = set(re.findall(r"dist/floodax-([^-]+)-py3-none-any\.whl", text))
+    assert wheels == {floodax.__version__}
+    # `pip install floodax` appears only with the caveat that it is unpublished.
+    assert "`pip install floodax` works only once" in text
