@@ -107,7 +107,9 @@ def value_and_grad(
         )
     graphdef, _, rest = nnx.split(model, wrt, ...)
     # nnx.split's State holds the model's own Variables, which the clean pass
-    # updates in place; the pure arrays are the values before it.
+    # updates in place; the pure arrays are the values before it. copy=True
+    # below also keeps a `params` of Variables (the model's own nnx.State,
+    # rather than optimizer.update's arrays) out of the copies.
     rest = nnx.as_pure(rest)
 
     def value_fn(params: Any) -> Any:
