@@ -77,6 +77,18 @@ def alternate(
     another transform that takes ``value_fn`` (such as
     :func:`add_grad_norm_penalty`) ``alternate`` takes both steps too.
 
+    **Order in a chain.** ``alternate`` scales whatever reaches it, so it
+    goes where ``optax.scale(-lr)`` would: last, after a preconditioner that
+    has no learning rate (``optax.chain(optax.scale_by_adam(),
+    floodax.alternate(ε1, ε2))``), never after a complete optimizer such as
+    ``optax.adam(lr)`` or ``optax.sgd(lr)``, which already ends in
+    ``scale(-lr)``. After one, every step is multiplied by ``-lr·ε`` instead
+    of ``-ε``: it shrinks by the factor ``lr`` and changes sign, so the
+    descent step ascends (the example below shows both chains). A
+    transformation in a chain sees only the updates, not what made them, so
+    ``alternate`` cannot detect this order; check it where the chain is
+    written.
+
     With ``interval=n``, a pair is followed by ``n - 1`` plain descent steps
     of rate ``ε1 − ε2`` (the pair's net rate, Kaldi's ``lr``), as in Kaldi's
     ``backstitch_training_interval``. Do not mix calls with and without
@@ -137,9 +149,20 @@ def alternate(
       [0.275]
       [0.3025]
 
-      After a preconditioner, and Kaldi's backstitch within one call:
+      After a preconditioner, not after a complete optimizer, whose
+      ``scale(-lr)`` turns the first (descent) step of ``-1e-3`` into an
+      ascent of ``1e-3 · 1e-3``:
 
       >>> adam_like = optax.chain(optax.scale_by_adam(), floodax.alternate(1e-3, 1e-4))
+      >>> wrong = optax.chain(optax.adam(1e-3), floodax.alternate(1e-3, 1e-4))
+      >>> for tx in (adam_like, wrong):
+      ...   updates, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
+      ...   print(f"{float(updates[0]):.1e}")
+      -1.0e-03
+      1.0e-06
+
+      Kaldi's backstitch within one call:
+
       >>> backstitch = floodax.alternate(0.3, 0.1, ascent_first=True)
       >>> loss_fn = lambda p: jnp.sum(p ** 2)
       >>> params = jnp.array([1.0])

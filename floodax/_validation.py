@@ -377,13 +377,17 @@ VALUE_FN_PATTERN = """\
 Build `value_fn` so that the loss is computed from the parameters it is given:
   plain pytrees:  value_fn=lambda p: loss_fn(p, batch)
   Flax Linen:     value_fn=lambda p: loss_fn(model.apply({"params": p}, x), y)
-  Flax NNX:       graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-                  value_fn=lambda p: loss_fn(
-                      nnx.merge(graphdef, p, rest, copy=True), batch)
+                  (with batch norm: floodax.linen.value_and_grad)
+  Flax NNX:       loss, grads, value_fn = floodax.nnx.value_and_grad(
+                      loss_fn, model, batch)
+                  optimizer.update(model, grads, value_fn=value_fn)
+                  (by hand: graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+                  before the loss pass, then value_fn=lambda p: loss_fn(
+                  nnx.merge(graphdef, p, nnx.as_pure(rest), copy=True), batch))
 (NNX's `optimizer.update(model, grads, value_fn=...)` passes the model's
 `nnx.Param` state as `p`; a lambda that calls the model itself never reads
-it. `copy=True` evaluates a copy, so the extra passes leave the model's batch
-statistics alone.)"""
+it. The extra passes run on a copy of the model, so they leave its batch
+statistics and random streams alone.)"""
 
 
 def _depends_on(jaxpr: Any, inputs: Any) -> bool:

@@ -1,8 +1,9 @@
 """Fails the documentation build when a public name has no API entry.
 
-Every name in ``floodax.__all__``, ``floodax.experiments.__all__`` and
-``floodax.linen`` must be documented by an autodoc directive somewhere in the
-docs, as optax's ``docs/ext/coverage_check.py`` requires of optax's names.
+Every name in the ``__all__`` of ``floodax``, ``floodax.experiments``,
+``floodax.linen`` and ``floodax.nnx`` must be documented by an autodoc
+directive somewhere in the docs, as optax's ``docs/ext/coverage_check.py``
+requires of optax's names.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from sphinx.errors import ExtensionError
 MODULES = {
     "floodax": None,
     "floodax.experiments": None,
-    "floodax.linen": ("TrainState",),
+    "floodax.linen": None,
+    "floodax.nnx": None,
 }
 
 
