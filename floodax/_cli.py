@@ -128,7 +128,7 @@ def _add_demo(commands) -> None:
         "clean test accuracy, training loss and validation curves. About 3 "
         "minutes on 2 CPU cores with the defaults; longer runs are announced "
         "before they start. Needs the demo extra: "
-        "pip install 'floodax[demo]'.",
+        "pip install -e '.[demo]' from a checkout.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     demo.set_defaults(subparser=demo)
@@ -289,7 +289,7 @@ def _run_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.exit(
             2,
             f"floodax demo needs the demo extra ({error.name} is missing): "
-            "pip install 'floodax[demo]'\n",
+            "from a checkout, pip install -e '.[demo]'\n",
         )
     _check_out(parser, args.out)
     if args.study is not None:

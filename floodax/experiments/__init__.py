@@ -1,6 +1,6 @@
 """The paper's experiments: datasets, the MLP, NNX training, the one-run sweep.
 
-Needs the ``demo`` extra (``pip install "floodax[demo]"``): Flax,
+Needs the ``demo`` extra (from a checkout, ``pip install -e ".[demo]"``): Flax,
 scikit-learn, matplotlib and tqdm. The core ``floodax`` package does not.
 """
 
