@@ -38,7 +38,7 @@ def softad(
 
     Each example's gradient ``∇ℓᵢ`` is scaled by ``σ·ρ'((ℓᵢ − θ)/σ)``:
     positive above the threshold ``θ`` (descent), negative below it (ascent),
-    zero at it, and smaller than both ``σ`` and ``|ℓᵢ − θ|`` in size. It is
+    zero at it, and in size below ``σ`` and at most ``|ℓᵢ − θ|``. It is
     iFlood's per-example step ``sign(ℓᵢ − b)·∇ℓᵢ`` (:func:`iflooded`)
     softened: examples near the threshold count little, and no example more
     than ``σ``.

@@ -257,7 +257,8 @@ def test_nan_stays_nan_and_infinity_stays_infinite(x64, dtype):
     )(w)
     assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad, float)))
     infinite = jnp.array([0.2, jnp.inf], dtype)
-    assert float(floodax.softad(infinite, 0.3)) == np.inf
+    value, grad = jax.value_and_grad(floodax.softad)(infinite, 0.3)
+    assert float(value) == np.inf and np.isnan(float(grad[1]))
 
 
 def test_traced_nonpositive_sigma_gives_nan():
@@ -450,3 +451,5 @@ def test_traced_out_of_range_labels_give_nan_not_a_clipped_level():
     integer = floodax.class_levels(jnp.array([0, 1]), jnp.array([1, 0]))
     assert integer.dtype == jnp.float32
     np.testing.assert_array_equal(integer, [1.0, 0.0])
+    half = floodax.class_levels(jnp.array([0.1, 0.5], jnp.bfloat16), jnp.array([1]))
+    assert half.dtype == jnp.bfloat16
