@@ -134,7 +134,7 @@ def softad(
         # A traced σ <= 0 would give |σ|'s value (ρ is even) or 0/0: make it
         # NaN, so neither the value nor the gradient is silently a number.
         scale = jnp.where(scale > 0, scale, jnp.nan)
-        gap = valid.astype(dtype) - theta
+        gap = valid - theta  # in θ's dtype, at least float32, by promotion
         # σ²ρ(x/σ) = x·x/(√(1 + (x/σ)²) + 1); x/(…) is bounded by σ, so the
         # product overflows no sooner than the loss itself.
         soft = gap * (gap / (jnp.hypot(1.0, gap / scale) + 1.0))

@@ -218,12 +218,22 @@ def test_where_weights_and_axis_name_are_ifloodeds():
             axis_name="d",
         )
 
-    synced = jax.vmap(per_device, axis_name="d")(losses, mask, weights)
-    whole, by_loss = jax.value_and_grad(
-        lambda e: floodax.softad(
-            e, theta, sigma=sigma, eta=eta, where=mask.ravel(), weights=weights.ravel()
-        )
-    )(losses.ravel())
+    @jax.jit
+    def both(losses):
+        synced = jax.vmap(per_device, axis_name="d")(losses, mask, weights)
+        whole = jax.value_and_grad(
+            lambda e: floodax.softad(
+                e,
+                theta,
+                sigma=sigma,
+                eta=eta,
+                where=mask.ravel(),
+                weights=weights.ravel(),
+            )
+        )(losses.ravel())
+        return synced, whole
+
+    synced, (whole, by_loss) = both(losses)
     np.testing.assert_allclose(synced, np.full(4, whole), rtol=1e-14)
     keep = np.asarray(mask).ravel()
     w = np.asarray(weights).ravel()[keep]
@@ -242,23 +252,28 @@ def test_nan_stays_nan_and_infinity_stays_infinite(x64, dtype):
     w = jnp.array([0.5, 0.0], dtype)
     x = jnp.array([[1.0, 2.0], [3.0, 1.0], [0.5, 0.5]], dtype)
     nan = jnp.array([0.0, jnp.nan, 0.0], dtype)
+    mask = ~jnp.isnan(nan)
+    infinite = jnp.array([0.2, jnp.inf], dtype)
 
-    def losses(w):
-        # Every example depends on both weights; example 1 is NaN, with a
-        # finite gradient of its own.
-        return (x @ w) ** 2 + nan
+    @jax.jit
+    def everything(w):
+        def losses(w):
+            # Every example depends on both weights; example 1 is NaN, with
+            # a finite gradient of its own.
+            return (x @ w) ** 2 + nan
 
-    value, grad = jax.value_and_grad(lambda w: floodax.softad(losses(w), 0.3))(w)
+        return (
+            jax.value_and_grad(lambda w: floodax.softad(losses(w), 0.3))(w),
+            jax.value_and_grad(lambda w: floodax.softad(losses(w), 0.3, where=mask))(w),
+            jax.value_and_grad(floodax.softad)(infinite, 0.3),
+        )
+
+    (value, grad), (masked, masked_grad), (inf_value, inf_grad) = everything(w)
     assert value.dtype == grad.dtype == dtype
     assert np.isnan(float(value)) and np.all(np.isnan(np.asarray(grad, np.float32)))
-    mask = ~jnp.isnan(nan)
-    value, grad = jax.value_and_grad(
-        lambda w: floodax.softad(losses(w), 0.3, where=mask)
-    )(w)
-    assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad, float)))
-    infinite = jnp.array([0.2, jnp.inf], dtype)
-    value, grad = jax.value_and_grad(floodax.softad)(infinite, 0.3)
-    assert float(value) == np.inf and np.isnan(float(grad[1]))
+    assert np.isfinite(float(masked))
+    assert np.all(np.isfinite(np.asarray(masked_grad, np.float32)))
+    assert float(inf_value) == np.inf and np.isnan(float(inf_grad[1]))
 
 
 def test_traced_nonpositive_sigma_gives_nan():
@@ -284,11 +299,9 @@ def test_traced_hyperparameters_do_not_recompile():
     losses = jnp.array([0.1, 0.5, 0.9, 0.3])
     for t, s, e in [(0.3, 1.0, 1.0), (0.0, 0.2, 0.5), (0.7, 5.0, 0.0)]:
         value, grad = jitted(losses, jnp.float32(t), jnp.float32(s), jnp.float32(e))
-        eager_value, eager_grad = jax.value_and_grad(floodax.softad)(
-            losses, t, sigma=s, eta=e
-        )
-        np.testing.assert_allclose(value, eager_value, rtol=1e-6)
-        np.testing.assert_allclose(grad, eager_grad, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(value, reference_softad(losses, t, s, e), rtol=1e-6)
+        expected = reference_weight(losses, t, s) / 4
+        np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-7)
     assert fn.traces == 1
 
 
@@ -296,28 +309,34 @@ def test_vmap_over_threshold_and_sigma_equals_loop():
     losses = jnp.array([0.1, 0.5, 0.9, 0.3])
     thetas = jnp.array([0.0, 0.2, 0.5, 0.75])
     sigmas = jnp.array([0.1, 1.0, 3.0])
-    grid = jax.vmap(
-        jax.vmap(
-            lambda t, s: jax.grad(floodax.softad)(losses, t, sigma=s), in_axes=(None, 0)
-        ),
-        in_axes=(0, None),
-    )(thetas, sigmas)
+
+    def grad_at(t, s):
+        return jax.grad(floodax.softad)(losses, t, sigma=s)
+
+    grid = jax.vmap(jax.vmap(grad_at, in_axes=(None, 0)), in_axes=(0, None))(
+        thetas, sigmas
+    )
     assert grid.shape == (4, 3, 4)
+    one = jax.jit(grad_at)
     for i, t in enumerate(thetas):
         for j, s in enumerate(sigmas):
-            np.testing.assert_array_equal(
-                grid[i, j], jax.grad(floodax.softad)(losses, float(t), sigma=float(s))
-            )
+            np.testing.assert_allclose(grid[i, j], one(t, s), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 def test_dtype_kept_and_terms_computed_in_float32(dtype):
     losses = jnp.linspace(0.0, 2.0, 37).astype(dtype)
-    for hyper in (0.3, jnp.float32(0.3)):
-        value, grad = jax.value_and_grad(floodax.softad)(losses, hyper, sigma=0.25)
-        assert value.dtype == grad.dtype == dtype
+
+    @jax.jit
+    def both(losses, hyper):
+        value_and_grad = jax.value_and_grad(floodax.softad)(losses, hyper, sigma=0.25)
         # The terms in float32, summed in float32, rounded once at the end.
         in_float32 = floodax.softad(losses.astype(jnp.float32), 0.3, sigma=0.25)
+        return value_and_grad, in_float32
+
+    for hyper in (0.3, jnp.float32(0.3)):
+        (value, grad), in_float32 = both(losses, hyper)
+        assert value.dtype == grad.dtype == dtype
         assert value == in_float32.astype(dtype)
 
 
@@ -383,15 +402,25 @@ def test_class_levels_give_the_per_class_flooded_gradient():
     def losses(w):
         return optax.softmax_cross_entropy_with_integer_labels(x @ w, labels)
 
-    grad = jax.grad(
-        lambda w: floodax.iflooded(losses(w), floodax.class_levels(levels, labels))
-    )(w)
+    @jax.jit
+    def everything(w):
+        # Class levels built inside the program, as a training step would
+        # (labels are concrete here, so they were checked just above).
+        per_example = floodax.class_levels(levels, labels)
+        return (
+            losses(w),
+            jax.jacobian(losses)(w),  # ∇ℓᵢ, one row per example
+            jax.grad(lambda w: floodax.iflooded(losses(w), per_example))(w),
+            jax.grad(lambda w: floodax.iflooded(losses(w), 0.9))(w),
+            jax.grad(lambda w: floodax.softad(losses(w), per_example))(w),
+        )
+
+    floodax.class_levels(levels, labels)  # concrete labels: checked
+    ell, jacobian, grad, one, soft = (np.asarray(a) for a in everything(w))
     # By hand: example i contributes sign(ℓᵢ − levels[yᵢ])·∇ℓᵢ / n.
-    ell = np.asarray(losses(w))
-    jacobian = np.asarray(jax.jacobian(losses)(w))  # ∇ℓᵢ, one row per example
     expected = np.zeros((4, 3))
     for i in range(len(ell)):
-        level = float(levels[int(labels[i])])
+        level = [0.2, 0.9, 1.4][int(labels[i])]
         sign = 1.0 if ell[i] >= level else -1.0
         expected += sign * jacobian[i]
     expected /= len(ell)
@@ -401,12 +430,8 @@ def test_class_levels_give_the_per_class_flooded_gradient():
     assert 0 < (ell < per).sum() < len(ell)
     assert len({int(c) for c in np.asarray(labels)[ell < per]}) >= 2
     # One level for all is another gradient.
-    one = jax.grad(lambda w: floodax.iflooded(losses(w), 0.9))(w)
-    assert np.abs(np.asarray(one) - expected).max() > 1e-3
+    assert np.abs(one - expected).max() > 1e-3
     # The same levels serve SoftAD's per-example thresholds.
-    soft = jax.grad(
-        lambda w: floodax.softad(losses(w), floodax.class_levels(levels, labels))
-    )(w)
     coefficients = reference_weight(ell, per, 1.0) / len(ell)
     by_hand = np.tensordot(coefficients, jacobian, axes=1)
     np.testing.assert_allclose(soft, by_hand, rtol=1e-13, atol=1e-16)
