@@ -3,7 +3,7 @@
 Models: the paper's MLP (4 × 500, batch norm) on Sinusoid2d's 100 points;
 plain ReLU MLPs 784-W×4-10 on a batch of 256 for W = 128, 512, 1024, 2048;
 a small CNN on 8×8 digits. Configurations: plain Adam; flooding in its three
-forms; alternating steps; the finite-difference penalty; the exact penalty by
+forms; SoftAD; alternating steps; the finite-difference penalty; the exact penalty by
 each Hessian-vector-product route (``add_grad_norm_penalty(hvp=...)``:
 the default ``"auto"``, timed as its own configuration; reverse-over-forward;
 forward-over-reverse; reverse-over-reverse; and ``jax.linearize`` of the
@@ -107,6 +107,13 @@ def configurations(example_losses):
             adam,
             lambda p, x, y: (
                 jax.grad(lambda q: floodax.iflooded(example_losses(q, x, y), FLOOD))(p),
+                {},
+            ),
+        ),
+        "softad": with_grads(
+            adam,
+            lambda p, x, y: (
+                jax.grad(lambda q: floodax.softad(example_losses(q, x, y), FLOOD))(p),
                 {},
             ),
         ),

@@ -15,11 +15,13 @@ from floodax._diagnostics import grad_norm as grad_norm
 from floodax._diagnostics import hessian_eigenvalues as hessian_eigenvalues
 from floodax._diagnostics import loss_landscape as loss_landscape
 from floodax._flooding import FloodState as FloodState
+from floodax._flooding import class_levels as class_levels
 from floodax._flooding import flood as flood
 from floodax._flooding import flooded as flooded
 from floodax._flooding import iflooded as iflooded
 from floodax._penalty import add_grad_norm_penalty as add_grad_norm_penalty
 from floodax._penalty import grad_norm_penalty as grad_norm_penalty
+from floodax._softad import softad as softad
 from floodax._stats import flood_stats as flood_stats
 from floodax._suggest import FloodLevelSuggestion as FloodLevelSuggestion
 from floodax._suggest import suggest_flood_level as suggest_flood_level
@@ -54,6 +56,7 @@ __all__ = [
     "alternate",
     "check_equivalence",
     "check_modified_flow",
+    "class_levels",
     "equivalence_order",
     "equivalent_penalty",
     "filter_normalized_direction",
@@ -70,5 +73,6 @@ __all__ = [
     "implicit_penalty",
     "loss_landscape",
     "multi_steps",
+    "softad",
     "suggest_flood_level",
 ]

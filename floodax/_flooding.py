@@ -13,6 +13,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
@@ -23,6 +24,7 @@ import optax
 
 from floodax import _schedules as schedules
 from floodax._validation import (
+    as_real_array,
     axis_reduce,
     check_broadcast_array,
     check_float_array,
@@ -32,26 +34,33 @@ from floodax._validation import (
     is_traced,
 )
 
-_NO_SCHEDULE_FIX = (
-    "; a loss transform has no step count, so evaluate a schedule yourself: "
-    "`flood_level=schedule(step)`"
-)
 
-
-def _check_fixed_level(flood_level: Any, target_shape: tuple[int, ...]) -> None:
-    """A number, or an array of levels that broadcasts to the losses."""
-    if callable(flood_level):
-        raise TypeError(
-            "`flood_level` must be a number or an array here, got a "
-            f"callable{_NO_SCHEDULE_FIX}, or use the optax transformation "
-            "`floodax.flood(schedule)`."
+def reject_schedule(name: str, value: Any) -> None:
+    """A loss transform has no step count: a callable hyperparameter is an error."""
+    if callable(value):
+        hint = (
+            ", or use the optax transformation `floodax.flood(schedule)`"
+            if name == "flood_level"
+            else ""
         )
+        raise TypeError(
+            f"`{name}` must be a number or an array here, got a callable; a "
+            "loss transform has no step count, so evaluate a schedule "
+            f"yourself: `{name}=schedule(step)`{hint}."
+        )
+
+
+def check_fixed_level(
+    flood_level: Any, target_shape: tuple[int, ...], name: str = "flood_level"
+) -> None:
+    """A number, or an array of levels that broadcasts to the losses."""
+    reject_schedule(name, flood_level)
     if np.shape(flood_level) == ():
-        check_scalar_hyperparam("flood_level", flood_level)
+        check_scalar_hyperparam(name, flood_level)
         return
-    check_broadcast_array("flood_level", flood_level, target_shape, "losses")
+    check_broadcast_array(name, flood_level, target_shape, "losses")
     if not is_traced(flood_level):
-        check_values("flood_level", flood_level)
+        check_values(name, flood_level)
 
 
 def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
@@ -134,7 +143,7 @@ def flooded(loss: chex.Array, flood_level: chex.Numeric) -> jax.Array:
       After Achieving Zero Training Error?", ICML 2020.
     """
     loss = check_float_array("loss", loss)
-    _check_fixed_level(flood_level, loss.shape)
+    check_fixed_level(flood_level, loss.shape)
     return _flood_elementwise(loss, flood_level)
 
 
@@ -188,7 +197,10 @@ def iflooded(
     on the others.
 
     * **Per-example levels** ``b_i`` (an array that broadcasts to ``losses``)
-      give AdaFlood (see :func:`adaflood_levels`).
+      give AdaFlood (see :func:`adaflood_levels`), or one level per class:
+      ``iflooded(losses, class_levels(levels, labels))`` floods each example
+      against its class's level (see :func:`class_levels`, which checks the
+      labels that plain ``levels[labels]`` would silently clip).
     * **Weights** ``w_i`` give a weighted mean, e.g. a sequence model that
       floods each sequence's mean token loss weighted by its length, as
       AdaFlood's event-sequence form does.
@@ -246,16 +258,46 @@ def iflooded(
       Bae, Choi, Jeong, Jang, Lee and Hwang, "AdaFlood: Adaptive Flood
       Regularization", TMLR 2024.
     """
+    return mean_over_examples(
+        "floodax.iflooded",
+        losses,
+        ("flood_level", flood_level),
+        lambda valid: _flood_elementwise(valid, flood_level),
+        where=where,
+        weights=weights,
+        axis_name=axis_name,
+    )
+
+
+def mean_over_examples(
+    who: str,
+    losses: chex.Array,
+    level: tuple[str, Any],
+    term: Callable[[jax.Array], jax.Array],
+    *,
+    where: chex.Array | None,
+    weights: chex.Array | None,
+    axis_name: str | None,
+) -> jax.Array:
+    """The masked, weighted, global mean of ``term(losses)``, for ``who``.
+
+    One piece of code for every per-example loss transform (:func:`iflooded`,
+    :func:`floodax.softad`): it checks ``losses``, the ``(name, value)`` of
+    the level (a number or per-example levels), ``where`` and ``weights``;
+    replaces masked losses by 0 *before* ``term`` sees them (a NaN there
+    must not reach the sum or its gradient); sums ``weight · term`` and the
+    weights in at least float32, ``psum``-ing each over ``axis_name``; and
+    returns their ratio in the dtype of ``losses``. ``term`` maps the
+    (masked) losses elementwise to the terms of the mean.
+    """
     losses = check_float_array("losses", losses)
-    _check_fixed_level(flood_level, losses.shape)
+    check_fixed_level(level[1], losses.shape, level[0])
     mask = _check_where(where, losses.shape)
     weights = _check_weights(weights, losses.shape)
     accumulate = jnp.promote_types(losses.dtype, jnp.float32)
     if mask is not None:
-        # Masked entries are replaced before flooding: a NaN there must not
-        # reach the sum or its gradient.
         losses = jnp.where(mask, losses, jnp.zeros((), losses.dtype))
-    terms = _flood_elementwise(losses, flood_level).astype(accumulate)
+    terms = term(losses).astype(accumulate)
     weight = jnp.ones(losses.shape, accumulate)
     if weights is not None:
         weight = jnp.broadcast_to(jnp.asarray(weights, accumulate), losses.shape)
@@ -267,10 +309,99 @@ def iflooded(
         # differentiates a tuple psum whose second entry (the count) has no
         # tangent.
         total, count = (
-            axis_reduce(jax.lax.psum, x, axis_name, "floodax.iflooded")
-            for x in (total, count)
+            axis_reduce(jax.lax.psum, x, axis_name, who) for x in (total, count)
         )
     return (total / count).astype(losses.dtype)
+
+
+def class_levels(levels: chex.Array, labels: chex.Array) -> jax.Array:
+    r"""Per-example flood levels from one level per class: ``levels[labels]``.
+
+    .. math::
+
+      b_i = \text{levels}[y_i]
+
+    for :func:`iflooded` (or the ``threshold`` of :func:`softad`):
+    ``iflooded(losses, class_levels(levels, labels))`` floods example ``i``
+    against the level of its class ``y_i``, so its gradient is
+    ``mean_i sign(ℓ_i − levels[y_i])·∇ℓ_i``. Class-wise flooding (Aizawa,
+    Naito and Fukuda, 2025) sets one flood level per class from the class
+    frequencies; this is how such levels reach floodax's per-example form.
+
+    **Why not plain indexing.** JAX clamps an out-of-range index and wraps a
+    negative one, so ``levels[labels]`` with a label of ``K`` (for ``K``
+    classes) silently returns the last class's level. Here concrete labels
+    are checked and a bad one is an error; labels that are traced (under
+    ``jit``) cannot be checked, and an out-of-range one gets the level NaN,
+    so the flooded loss and its gradient are NaN instead of silently wrong.
+
+    Args:
+      levels: one non-negative, finite level per class, shape ``(K,)``.
+        Integer levels are converted to float32; floating ones keep their
+        dtype.
+      labels: integer array of class indices in ``[0, K)``, of any shape
+        (usually ``(batch,)``, one per example).
+
+    Returns:
+      The per-example levels, of the shape of ``labels`` and the (floating)
+      dtype of ``levels``.
+
+    Raises:
+      TypeError: ``labels`` is not an integer array, or ``levels`` not real.
+      ValueError: ``levels`` is not one-dimensional or empty, a concrete
+        level is negative, NaN or infinite, or a concrete label lies outside
+        ``[0, K)``.
+
+    Examples:
+      >>> import jax.numpy as jnp, floodax
+      >>> levels = jnp.array([0.1, 0.5])  # class 0 floods at 0.1, class 1 at 0.5
+      >>> labels = jnp.array([0, 1, 1, 0])
+      >>> print(floodax.class_levels(levels, labels))
+      [0.1 0.5 0.5 0.1]
+      >>> losses = jnp.array([0.3, 0.3, 0.9, 0.05])
+      >>> print(floodax.iflooded(losses, floodax.class_levels(levels, labels)))
+      0.5125
+      >>> floodax.class_levels(levels, jnp.array([0, 2]))
+      Traceback (most recent call last):
+      ...
+      ValueError: `labels` must lie in [0, 2) for 2 classes, got 2 (plain
+      `levels[labels]` would silently clip it); fix the labels or pass one
+      level per class.
+
+    References:
+      Aizawa, Naito and Fukuda, "Class-wise Flooding Regularization for
+      Imbalanced Image Classification", ACPR 2025 (arXiv:2508.18723).
+    """
+    as_real_array("levels", levels)
+    levels = jnp.asarray(levels)
+    if levels.ndim != 1 or levels.size == 0:
+        raise ValueError(
+            f"`levels` must hold one level per class, shape (num_classes,), got "
+            f"shape {levels.shape}."
+        )
+    if not is_traced(levels):
+        check_values("levels", levels)
+    if not jnp.issubdtype(levels.dtype, jnp.floating):
+        levels = levels.astype(jnp.float32)
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(
+            f"`labels` must be an integer array of class indices, got dtype "
+            f"{labels.dtype}; pass e.g. `labels.astype(jnp.int32)`."
+        )
+    num_classes = levels.shape[0]
+    if not is_traced(labels):
+        bad = (np.asarray(labels) < 0) | (np.asarray(labels) >= num_classes)
+        if bad.any():
+            raise ValueError(
+                f"`labels` must lie in [0, {num_classes}) for {num_classes} "
+                f"classes, got {np.asarray(labels)[bad].flat[0]} (plain "
+                "`levels[labels]` would silently clip it); fix the labels or "
+                "pass one level per class."
+            )
+    return levels.at[labels].get(
+        mode="fill", fill_value=jnp.nan, wrap_negative_indices=False
+    )
 
 
 class FloodState(NamedTuple):

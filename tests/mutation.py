@@ -67,7 +67,9 @@ TESTS = {
         "tests/test_meta_gradients.py",
         "tests/test_mixed_precision.py",
         "tests/test_inject.py",
+        "tests/test_softad.py",
     ],
+    "floodax/_softad.py": ["tests/test_softad.py", "tests/test_bad_input.py"],
     "floodax/_penalty.py": [
         "tests/test_bad_input.py",
         "tests/test_penalty.py",

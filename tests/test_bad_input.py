@@ -414,6 +414,22 @@ CASES = {
         (TypeError, ValueError),
         r"`train_losses` must be non-negative|`fraction` must be a real number",
     ),
+    "bad SoftAD hyperparameter": (
+        [
+            lambda: floodax.softad(G, 0.1, sigma=0),
+            lambda: floodax.softad(G, 0.1, sigma=-1.0),
+            lambda: floodax.softad(G, 0.1, eta=-0.5),
+            lambda: floodax.softad(G, -0.1),
+        ],
+        ValueError,
+        r"`sigma` must be positive, got 0|`sigma` must be positive, got -1.0|"
+        r"`eta` must be non-negative, got -0.5|`threshold` must be non-negative",
+    ),
+    "label outside the classes": (
+        [lambda: floodax.class_levels(jnp.array([0.1, 0.5]), jnp.array([0, 2]))],
+        ValueError,
+        r"`labels` must lie in \[0, 2\) for 2 classes, got 2 \(plain",
+    ),
     "non-boolean or mis-shaped `where`": (
         [
             lambda: floodax.iflooded(G, 0.1, where=jnp.array([1, 0])),
