@@ -68,9 +68,14 @@ TESTS = {
         "tests/test_mixed_precision.py",
         "tests/test_inject.py",
     ],
+    "floodax/_sam.py": [
+        "tests/test_sam.py",
+        "tests/test_bad_input.py",
+    ],
     "floodax/_penalty.py": [
         "tests/test_bad_input.py",
         "tests/test_penalty.py",
+        "tests/test_sam.py",
         "tests/test_mixed_precision.py",
         "tests/test_meta_gradients.py",
         "tests/test_properties.py",
