@@ -328,9 +328,9 @@ def add_grad_norm_penalty(
       ``H·ĝ ≈ (∇L(θ + r·ĝ) − g)/r``. For ``power=1`` this is exactly the
       update of Zhao et al.'s GNP, ``(1 − α)·g + α·∇L(θ + r·ĝ)``, with
       ``α = λ/r``; with ``λ = r = ρ`` (``α = 1``) it is SAM's
-      ``∇L(θ + ρ·ĝ)``, the update of :func:`floodax.sam` ``(ρ)`` to rounding
-      (both evaluate the perturbed gradient through one function). For ``power=2`` the difference is scaled by
-      ``2λ‖g‖``.
+      ``∇L(θ + ρ·ĝ)``, the update of ``floodax.sam(ρ)`` to rounding
+      (both evaluate the perturbed gradient through one function). For
+      ``power=2`` the difference is scaled by ``2λ‖g‖``.
 
     **What the finite difference computes.** On a smooth loss it estimates
     the exact ``H·ĝ`` with an error ``O(r)`` plus rounding ``O(eps/r)``,

@@ -30,7 +30,7 @@ from floodax._validation import (
 
 
 class SAMState(NamedTuple):
-    """State of :func:`sam` and :func:`gsam`.
+    """State of :func:`floodax.sam` and :func:`floodax.gsam`.
 
     Attributes:
       count: int32 scalar, the number of ``update`` calls so far; a
@@ -118,9 +118,9 @@ def sam(
 
     Turns the incoming gradient ``g = ∇L(θ)`` into the gradient at the
     perturbed point, given the loss function of the parameters as
-    ``value_fn`` (as :func:`add_grad_norm_penalty`). It must come first in
-    a chain, where the updates are still the raw gradient of ``value_fn``;
-    any optimizer follows it.
+    ``value_fn`` (as :func:`floodax.add_grad_norm_penalty` does). It must
+    come first in a chain, where the updates are still the raw gradient of
+    ``value_fn``; any optimizer follows it.
 
     .. math::
 
@@ -266,7 +266,7 @@ def gsam(
 
     Turns ``g = ∇L(θ)`` into the surrogate-gap-guided gradient of Zhuang et
     al., given the loss function of the parameters as ``value_fn``; like
-    :func:`sam` it comes first in a chain. With ``g_p = ∇L(θ + ε)``,
+    :func:`floodax.sam` it comes first in a chain. With ``g_p = ∇L(θ + ε)``,
     ``ε = ρ·g/(‖g‖ + eps)``:
 
     .. math::
@@ -285,7 +285,7 @@ def gsam(
     flags. Where the reference divides by a zero norm (``g_p = 0``, or
     ``g = 0`` with ``minimize_fp=False``) and returns NaN, floodax takes the
     projection to be 0; ``g = 0`` gives ``ε = 0`` and the update 0 (with
-    ``minimize_fp=True``, ``g_p = g``). ``α = 0`` is :func:`sam`.
+    ``minimize_fp=True``, ``g_p = g``). ``α = 0`` is :func:`floodax.sam`.
 
     **ρ tied to the learning rate.** big_vision sets ``ρ_t = ρ_min + (ρ_max
     − ρ_min)·(lr_t − lr_min)/(lr_max − lr_min)`` from the learning rate

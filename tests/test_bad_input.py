@@ -261,6 +261,8 @@ CASES = {
             lambda: floodax.alternate(0.2, 0.1).update(
                 G, floodax.alternate(0.2, 0.1).init(G), G, value_fn=lambda p: 1.0
             ),
+            lambda: _update(floodax.sam(0.1), G, value_fn=lambda p: LOSS_FN(G)),
+            lambda: _update(floodax.gsam(0.1, 0.5), G, value_fn=lambda p: LOSS_FN(G)),
         ],
         ValueError,
         r"(?s)`value_fn` does not depend on the parameters it is given.*"
