@@ -3,7 +3,9 @@
 Models: the paper's MLP (4 × 500, batch norm) on Sinusoid2d's 100 points;
 plain ReLU MLPs 784-W×4-10 on a batch of 256 for W = 128, 512, 1024, 2048;
 a small CNN on 8×8 digits. Configurations: plain Adam; flooding in its three
-forms; SoftAD; alternating steps; the finite-difference penalty; the exact penalty by
+forms; SoftAD; alternating steps; the finite-difference penalty; SAM, ASAM and GSAM
+(``floodax.sam``, ``floodax.gsam``: one extra gradient each); the exact
+penalty by
 each Hessian-vector-product route (``add_grad_norm_penalty(hvp=...)``:
 the default ``"auto"``, timed as its own configuration; reverse-over-forward;
 forward-over-reverse; reverse-over-reverse; and ``jax.linearize`` of the
@@ -40,6 +42,7 @@ from _models import cnn_problem, mlp_problem, wide_mlp_problem
 import floodax
 
 LR, FLOOD, RATE1, RATE2, STRENGTH = 1e-3, 0.1, 1e-3, 1e-4, 0.01
+RADIUS, ALPHA = 0.05, 0.5
 DEFAULT = "exact: default (hvp='auto')"
 EXACT = (
     "exact: reverse-over-forward",
@@ -127,6 +130,14 @@ def configurations(example_losses):
                 adam,
             ),
             value_fn_grads,
+        ),
+        # The SAM family: one extra gradient each, so about 2× plain.
+        "sam": with_grads(optax.chain(floodax.sam(RADIUS), adam), value_fn_grads),
+        "asam": with_grads(
+            optax.chain(floodax.sam(RADIUS, adaptive=True), adam), value_fn_grads
+        ),
+        "gsam": with_grads(
+            optax.chain(floodax.gsam(RADIUS, ALPHA), adam), value_fn_grads
         ),
     }
     for name, route in ROUTES.items():

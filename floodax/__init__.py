@@ -21,6 +21,9 @@ from floodax._flooding import flooded as flooded
 from floodax._flooding import iflooded as iflooded
 from floodax._penalty import add_grad_norm_penalty as add_grad_norm_penalty
 from floodax._penalty import grad_norm_penalty as grad_norm_penalty
+from floodax._sam import SAMState as SAMState
+from floodax._sam import gsam as gsam
+from floodax._sam import sam as sam
 from floodax._softad import softad as softad
 from floodax._stats import flood_stats as flood_stats
 from floodax._suggest import FloodLevelSuggestion as FloodLevelSuggestion
@@ -51,6 +54,7 @@ __all__ = [
     "LossLandscape",
     "MultiStepsState",
     "OrderReport",
+    "SAMState",
     "adaflood_levels",
     "add_grad_norm_penalty",
     "alternate",
@@ -68,11 +72,13 @@ __all__ = [
     "flow_penalty",
     "grad_norm",
     "grad_norm_penalty",
+    "gsam",
     "hessian_eigenvalues",
     "iflooded",
     "implicit_penalty",
     "loss_landscape",
     "multi_steps",
+    "sam",
     "softad",
     "suggest_flood_level",
 ]

@@ -259,20 +259,40 @@ def hessian_vector_product(
     return jax.grad(lambda p: optax.tree.vdot(jax.grad(value_fn)(p), vector))(params)
 
 
-def _resolve_mask(mask: Any, params: optax.Params) -> Any:
-    """The tree of Python booleans ``mask`` stands for, checked against params."""
+def perturbed_gradient(
+    value_fn: Callable[[optax.Params], Any],
+    params: optax.Params,
+    step: optax.Updates,
+    dtype: Any,
+) -> optax.Updates:
+    """``∇value_fn(θ + ε)`` for ``θ = params`` and ``ε = step``: the one
+    extra gradient of SAM, ASAM, GSAM and the finite-difference penalty.
+
+    ``θ + ε`` is formed in ``dtype`` (at least float32, see
+    :func:`accumulation_dtype`) and rounded once to each parameter's dtype,
+    so a bfloat16 model is evaluated at bfloat16 parameters.
+    """
+    shifted = jax.tree.map(
+        lambda p, e: (p.astype(dtype) + e).astype(p.dtype), params, step
+    )
+    return jax.grad(value_fn)(shifted)
+
+
+def resolve_mask(mask: Any, params: optax.Params, name: str = "mask") -> Any:
+    """The tree of Python booleans ``mask`` (the argument ``name``) stands
+    for, checked against params."""
     tree = mask(params) if callable(mask) else mask
     try:
         flags = jax.tree.structure(params).flatten_up_to(tree)
     except (ValueError, TypeError) as error:
         raise ValueError(
-            "`mask` must be a pytree of booleans with the structure of the "
+            f"`{name}` must be a pytree of booleans with the structure of the "
             f"parameters (or a callable returning one): {error}"
         ) from None
     for flag in flags:
         if not isinstance(flag, bool | np.bool_):
             raise TypeError(
-                "`mask` must hold Python booleans, one per parameter leaf, got "
+                f"`{name}` must hold Python booleans, one per parameter leaf, got "
                 f"{type(flag).__name__}; it selects leaves statically, as in "
                 "`optax.masked`."
             )
@@ -308,8 +328,9 @@ def add_grad_norm_penalty(
       ``H·ĝ ≈ (∇L(θ + r·ĝ) − g)/r``. For ``power=1`` this is exactly the
       update of Zhao et al.'s GNP, ``(1 − α)·g + α·∇L(θ + r·ĝ)``, with
       ``α = λ/r``; with ``λ = r = ρ`` (``α = 1``) it is SAM's
-      ``∇L(θ + ρ·ĝ)``. For ``power=2`` the difference is scaled by
-      ``2λ‖g‖``.
+      ``∇L(θ + ρ·ĝ)``, the update of ``floodax.sam(ρ)`` to rounding
+      (both evaluate the perturbed gradient through one function). For
+      ``power=2`` the difference is scaled by ``2λ‖g‖``.
 
     **What the finite difference computes.** On a smooth loss it estimates
     the exact ``H·ĝ`` with an error ``O(r)`` plus rounding ``O(eps/r)``,
@@ -485,16 +506,18 @@ def add_grad_norm_penalty(
         ]
         r = jnp.asarray(_default_radius(perturbed) if radius is None else radius, dtype)
         r = at_zero_frozen(r)
-        shifted = jax.tree.map(
-            lambda p, d: (at_zero_frozen(p).astype(dtype) + r * d).astype(p.dtype),
-            params,
-            direction,
+        # GNP's α = λ/r = 1 makes this floodax.sam's update (the same call).
+        at_shifted = perturbed_gradient(
+            value_fn,
+            jax.tree.map(at_zero_frozen, params),
+            jax.tree.map(lambda d: r * d, direction),
+            dtype,
         )
         difference = jax.tree.map(
             lambda gs, g: (
                 (gs.astype(dtype) - at_zero_frozen(g).astype(dtype)) * (scale / r)
             ),
-            jax.grad(value_fn)(shifted),
+            at_shifted,
             grads,
         )
         return jax.tree.map(
@@ -529,7 +552,7 @@ def add_grad_norm_penalty(
         flags = (
             jax.tree.map(lambda _: True, params)
             if mask is None
-            else _resolve_mask(mask, params)
+            else resolve_mask(mask, params)
         )
         if not any(jax.tree.leaves(flags)):
             raise ValueError(

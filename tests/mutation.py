@@ -70,9 +70,14 @@ TESTS = {
         "tests/test_softad.py",
     ],
     "floodax/_softad.py": ["tests/test_softad.py", "tests/test_bad_input.py"],
+    "floodax/_sam.py": [
+        "tests/test_sam.py",
+        "tests/test_bad_input.py",
+    ],
     "floodax/_penalty.py": [
         "tests/test_bad_input.py",
         "tests/test_penalty.py",
+        "tests/test_sam.py",
         "tests/test_mixed_precision.py",
         "tests/test_meta_gradients.py",
         "tests/test_properties.py",

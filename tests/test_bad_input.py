@@ -261,6 +261,8 @@ CASES = {
             lambda: floodax.alternate(0.2, 0.1).update(
                 G, floodax.alternate(0.2, 0.1).init(G), G, value_fn=lambda p: 1.0
             ),
+            lambda: _update(floodax.sam(0.1), G, value_fn=lambda p: LOSS_FN(G)),
+            lambda: _update(floodax.gsam(0.1, 0.5), G, value_fn=lambda p: LOSS_FN(G)),
         ],
         ValueError,
         r"(?s)`value_fn` does not depend on the parameters it is given.*"
@@ -374,6 +376,43 @@ CASES = {
         ],
         ValueError,
         r"`power` must be 1 \(GNP's λ‖∇L‖\) or 2|`hvp` must be one of",
+    ),
+    "bad SAM argument": (
+        [
+            lambda: floodax.sam(-0.1),
+            lambda: floodax.sam(0.1, eta=float("nan")),
+            lambda: floodax.sam(0.1, eps=-1e-16),
+            lambda: floodax.sam(jnp.ones(2)),
+            lambda: floodax.gsam(0.1, alpha=-1.0),
+            lambda: floodax.gsam(0.1, alpha=float("inf")),
+            lambda: floodax.sam(0.1, adaptive=jnp.ones(2)),
+            lambda: floodax.sam(0.1, adaptive={"w": 1}).update(
+                {"w": G},
+                floodax.sam(0.1).init(G),
+                {"w": G},
+                value_fn=lambda p: LOSS_FN(p["w"]),
+            ),
+            lambda: floodax.gsam(0.1, 0.5, minimize_fp=1),
+            lambda: floodax.gsam(0.1, 0.5, adaptive_perturbation=None),
+        ],
+        (TypeError, ValueError),
+        r"`radius` must be non-negative, got -0.1|`eta` must be finite|"
+        r"`eps` must be non-negative|`radius` must be a scalar|"
+        r"`alpha` must be non-negative|`alpha` must be finite|"
+        r"`adaptive` must be True, False|`adaptive` must hold Python booleans|"
+        r"`minimize_fp` must be True or False|"
+        r"`adaptive_perturbation` must be True or False",
+    ),
+    "missing `value_fn` for SAM": (
+        [
+            lambda: _update(floodax.sam(0.1), G),
+            lambda: _update(floodax.gsam(0.1, 0.5), G),
+            lambda: _update(floodax.gsam(0.1, 0.5), value_fn=LOSS_FN),
+        ],
+        TypeError,
+        r"floodax.g?sam needs the loss function of the parameters: call "
+        r"`tx.update\(grads, state, params, value_fn=lambda p: loss_fn\(p, batch\)\)`|"
+        r"floodax.gsam needs the current parameters",
     ),
     "bad `weights`": (
         [

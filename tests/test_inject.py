@@ -80,6 +80,17 @@ CASES = {
         {"descent_rate": DESCENT, "ascent_rate": ASCENT, "interval": 2},
         {"value_fn": True},
     ),
+    # The radius is evaluated at SAMState.count, inject_hyperparams' count.
+    "sam, radius scheduled": (
+        floodax.sam,
+        {"radius": DESCENT},
+        {"value_fn": True, "tail": optax.sgd(0.05)},
+    ),
+    "gsam, radius scheduled, minimize_fp=False": (
+        floodax.gsam,
+        {"radius": LEVEL, "alpha": 0.5, "minimize_fp": False},
+        {"value_fn": True, "tail": optax.sgd(0.05)},
+    ),
     "flood, level scheduled": (
         floodax.flood,
         {"flood_level": LEVEL},

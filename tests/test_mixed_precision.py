@@ -80,6 +80,13 @@ TRANSFORMS = {
         )(strength=0.1, radius=1e-2, method="finite_difference"),
         optax.sgd(0.1),
     ),
+    "asam": lambda: optax.chain(
+        floodax.sam(0.05, adaptive=True), optax.adam(0.02, eps=1e-4)
+    ),
+    "gsam_injected": lambda: optax.chain(
+        optax.inject_hyperparams(floodax.gsam)(radius=0.05, alpha=0.5),
+        optax.sgd(0.1),
+    ),
     "penalty_gnp_injected": lambda: optax.chain(
         optax.inject_hyperparams(
             floodax.add_grad_norm_penalty, static_args=("method",)
