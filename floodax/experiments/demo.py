@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 import floodax
+from floodax._progress import progress_bar
 from floodax.experiments.datasets import Dataset, load_dataset
 from floodax.experiments.models import MLP
 from floodax.experiments.training import (
@@ -371,26 +372,21 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         )
     )
     test_every = max(1, config.epochs // TEST_POINTS)
-    baseline = train(
-        model,
-        data,
-        train_config,
-        flood_level=0.0,
-        test_every=test_every,
-        progress=config.progress,
-    )
-    flooded = (
-        baseline
-        if chosen == 0
-        else train(
-            model,
-            data,
-            train_config,
-            flood_level=float(levels[chosen]),
-            test_every=test_every,
-            progress=config.progress,
-        )
-    )
+    replayed = (0,) if chosen == 0 else (0, chosen)
+    total = len(replayed) * config.epochs
+    with progress_bar(config.progress, total, "replays for the figure") as bar:
+        replays = [
+            train(
+                model,
+                data,
+                train_config,
+                flood_level=float(levels[index]),
+                test_every=test_every,
+                progress=bar,
+            )
+            for index in replayed
+        ]
+    baseline, flooded = replays[0], replays[-1]
     differences = [
         replay_difference(sweep, 0, baseline),
         replay_difference(sweep, chosen, flooded),
