@@ -39,8 +39,9 @@ class Progress:
 
     ``update(n)`` counts ``n`` more units done; ``status`` (what is running
     now) is shown at the end of the line, where a narrow terminal cuts it.
-    The time left is the time per unit so far times the units left, so it
-    includes the compilations met so far.
+    The time left is the time per unit since the first update times the
+    units left: the first update, which waits for the compilations, is left
+    out of the rate (``?`` until there is a second).
 
     Args:
       total: the units of the whole run, at least 1.
@@ -67,6 +68,7 @@ class Progress:
         tty = self._stream is not None and self._stream.isatty()
         self.enabled = bool(enabled) and tty
         self._clock, self._start = clock, clock()
+        self._first: tuple[int, float] | None = None
         self._drawn, self._width = -float("inf"), 0
         self._draw()
 
@@ -75,7 +77,10 @@ class Progress:
         done = self.n
         filled = WIDTH * done // self.total
         elapsed = self._clock() - self._start
-        left = elapsed / done * (self.total - done) if done else None
+        left = None
+        if self._first is not None and done > self._first[0]:
+            since, then = self._first
+            left = (self._clock() - then) / (done - since) * (self.total - done)
         eta = "?" if left is None else _clock(left)
         return (
             f"{self.desc}: {100 * done // self.total:3d}% "
@@ -96,6 +101,8 @@ class Progress:
     def update(self, n: int = 1) -> None:
         """Counts ``n`` more units done."""
         self.n += n
+        if self._first is None:
+            self._first = (self.n, self._clock())
         if self._clock() - self._drawn >= REDRAW_SECONDS or self.n >= self.total:
             self._draw()
 

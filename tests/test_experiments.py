@@ -741,7 +741,22 @@ def test_sweep_rejects_bad_levels():
 # ---------------------------------------------------------------- the demo
 
 
-def test_demo_reports_the_run_that_chose_the_level(tmp_path, capsys, terminal):
+def test_demo_reports_the_run_that_chose_the_level(
+    tmp_path, capsys, terminal, monkeypatch
+):
+    from matplotlib.figure import Figure
+
+    boxes, savefig = [], Figure.savefig
+
+    def saved(figure, *args, **kwargs):
+        savefig(figure, *args, **kwargs)
+        boxes.extend(
+            (ax.get_window_extent(), ax.get_legend().get_window_extent())
+            for ax in figure.axes
+            if ax.get_legend() is not None
+        )
+
+    monkeypatch.setattr(Figure, "savefig", saved)
     out = tmp_path / "demo"
     code = main(
         [
@@ -772,6 +787,10 @@ def test_demo_reports_the_run_that_chose_the_level(tmp_path, capsys, terminal):
     assert "checked bit for bit equal to the sweep's" in printed
     png = (out / "floodax_demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # Each panel's legend lies outside its axes, where no curve runs over it.
+    assert len(boxes) == 3
+    for axes, legend in boxes:
+        assert not legend.overlaps(axes) and legend.y1 < axes.y0  # below it
     results = json.loads((out / "floodax_demo.json").read_text())
     # 0 is always trained: it is the baseline.
     assert results["sweep"]["flood_levels"] == [0.0, 0.1, 0.2, 0.3]

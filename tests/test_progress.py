@@ -19,7 +19,7 @@ class Clock:
         return self.now
 
 
-def test_the_bar_counts_to_its_total_with_the_time_left_at_the_rate_so_far(
+def test_the_bar_counts_to_its_total_with_the_time_left_at_the_rate_since_the_first(
     monkeypatch,
 ):
     monkeypatch.setenv("COLUMNS", "200")
@@ -28,21 +28,21 @@ def test_the_bar_counts_to_its_total_with_the_time_left_at_the_rate_so_far(
     assert bar.line() == (
         "work:   0% |........................| 0/4 [00:00 spent, ? left]"
     )
-    clock.now += 10
+    clock.now += 30
     bar.update()
-    # 10 s for 1 unit: 3 units left take 30 s.
-    assert "1/4 [00:10 spent, 00:30 left]" in bar.line()
-    clock.now += 50
+    # The first unit waited for compilations: no rate from it alone.
+    assert "1/4 [00:30 spent, ? left]" in bar.line()
+    clock.now += 20
     bar.update(2)
     bar.status = "the last unit"
-    # 60 s for 3 units: 20 s for the last.
+    # 20 s for the 2 units since the first: 10 s for the last.
     assert bar.line() == (
-        "work:  75% |##################......| 3/4 [01:00 spent, 00:20 left] "
+        "work:  75% |##################......| 3/4 [00:50 spent, 00:10 left] "
         "the last unit"
     )
     clock.now += 3600
     bar.update()
-    assert "4/4 [1:01:00 spent, 00:00 left]" in bar.line()
+    assert "4/4 [1:00:50 spent, 00:00 left]" in bar.line()
     drawn = stream.getvalue()
     # Drawn when made, at each update and when the status changed.
     assert bars(drawn) == {"work": [(0, 4), (1, 4), (3, 4), (3, 4), (4, 4)]}
