@@ -208,6 +208,7 @@ def test_verify_draws_a_bar_of_its_checks(monkeypatch, terminal, capsys):
 
     monkeypatch.setattr(_verify, "equivalence_order", no_fit)
     monkeypatch.setattr(_verify, "flow_order", no_fit)
+    monkeypatch.setattr(_verify, "_problem", lambda seed: (None, None, None))
     assert main(["verify", "--no-progress"]) == 1
     assert terminal.getvalue() == ""
     assert main(["verify"]) == 1
