@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
         default=6,
         help="rungs of the ladder, halving ε1, at least 2 (default 6)",
     )
+    verify.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (drawn on stderr only when it is a terminal)",
+    )
     return parser
 
 
@@ -216,7 +221,11 @@ def _add_demo(commands) -> None:
         default="floodax-demo",
         help="output folder, created and checked writable before training",
     )
-    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    demo.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bars (drawn on stderr only when it is a terminal)",
+    )
 
 
 def _check_number(
@@ -330,7 +339,10 @@ def _run_verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     from floodax._verify import run_verify
 
     lines, ok = run_verify(
-        seed=args.seed, largest_rate=args.largest_rate, num_rates=args.num_rates
+        seed=args.seed,
+        largest_rate=args.largest_rate,
+        num_rates=args.num_rates,
+        progress=not args.no_progress,
     )
     print("\n".join(lines))
     return 0 if ok else 1

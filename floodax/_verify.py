@@ -13,6 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from floodax._progress import Progress, progress_bar
 from floodax._theory import OrderReport, equivalence_order, flow_order
 
 TOLERANCE = 0.2
@@ -81,18 +82,32 @@ NOT_FITTED = "  rounding floor, not fitted"
 
 
 def run_verify(
-    *, seed: int = 0, largest_rate: float = 0.2, num_rates: int = 6
+    *,
+    seed: int = 0,
+    largest_rate: float = 0.2,
+    num_rates: int = 6,
+    progress: bool | Progress = True,
 ) -> tuple[list[str], bool]:
     """Returns the report's lines and whether every order is within tolerance.
 
     Rungs below the rounding floor (:attr:`floodax.OrderReport.fitted`) are
     printed, marked, and left out of the fits; a scheme whose ladder leaves
-    fewer than two rungs above the floor fails with the fit's reason.
+    fewer than two rungs above the floor fails with the fit's reason. With
+    ``progress``, a bar on standard error (when it is a terminal) counts the
+    schemes checked, each a compilation and its ladder of rungs.
     """
+    with progress_bar(progress, len(SCHEMES), "floodax verify: checks") as bar:
+        return _checks(seed, largest_rate, num_rates, bar)
+
+
+def _checks(
+    seed: int, largest_rate: float, num_rates: int, bar: Progress
+) -> tuple[list[str], bool]:
     lines, all_ok = [], True
     with jax.enable_x64(True):
         params, x, y = _problem(seed)
         for scheme in SCHEMES:
+            bar.status = scheme.name
             # 50 Runge–Kutta steps: the integration error, O((T/50)⁴), is
             # far below the smallest measured error at every rung.
             extra = {"substeps": 50} if scheme.flow else {}
@@ -114,6 +129,8 @@ def run_verify(
                 lines.extend([f"  FAIL, no order fitted: {error}", ""])
                 all_ok = False
                 continue
+            finally:
+                bar.update()
             predicted, baseline = (
                 ("modified-flow error", "flow-of-L error")
                 if scheme.flow

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import types
+
 import jax
 import pytest
 
-from tests.helpers import mlp_params, regression_data
+from tests.helpers import Terminal, mlp_params, regression_data
 
 
 @pytest.fixture
@@ -21,3 +23,18 @@ def mlp(x64):
     params = mlp_params(jax.random.key(0))
     x, y = regression_data(jax.random.key(1))
     return params, x, y
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+    """The progress bars' standard error as a terminal of 500 columns
+    (:class:`tests.helpers.Terminal`), with every update drawn; returns it to
+    read what was drawn. (pytest's capture sets ``sys.stderr`` again when a
+    test starts, so the bars' module gets a ``sys`` of its own.)"""
+    from floodax import _progress
+
+    stream = Terminal()
+    monkeypatch.setattr(_progress, "sys", types.SimpleNamespace(stderr=stream))
+    monkeypatch.setattr(_progress, "REDRAW_SECONDS", 0.0)
+    monkeypatch.setenv("COLUMNS", "500")
+    return stream

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import itertools
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,3 +64,36 @@ class TraceCounter:
     def __call__(self, *args, **kwargs):
         self.traces += 1
         return self.fn(*args, **kwargs)
+
+
+class Terminal(io.StringIO):
+    """A standard error that says it is a terminal, so progress bars draw."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+_BAR = re.compile(r"^(.*?): +\d+% \|[#.]*\| (\d+)/(\d+) \[")
+
+
+def bars(text: str) -> dict[str, list[tuple[int, int]]]:
+    """The progress bars drawn in ``text``: for each description, the
+    ``(done, total)`` of every drawing, in order."""
+    drawn: dict[str, list[tuple[int, int]]] = {}
+    for piece in text.split("\r"):
+        match = _BAR.match(piece)
+        if match:
+            desc, done, total = match.groups()
+            drawn.setdefault(desc, []).append((int(done), int(total)))
+    return drawn
+
+
+def assert_counts_every_unit(drawings: list[tuple[int, int]], total: int) -> set:
+    """Drawn from 0 to ``total`` (redraws unthrottled), never back, never
+    past it; returns the steps between the counts drawn (1: one unit at a
+    time; a whole epoch of runs trained together at a time)."""
+    assert {t for _, t in drawings} == {total}
+    done = [d for d, _ in drawings]
+    assert done[0] == 0 and done[-1] == total
+    assert all(b >= a for a, b in itertools.pairwise(done))
+    return {b - a for a, b in itertools.pairwise(sorted(set(done)))}

@@ -33,6 +33,7 @@ from floodax.experiments.datasets import (  # noqa: E402
 from floodax.experiments.demo import warnings_for  # noqa: E402
 from floodax.experiments.models import PyTorchBatchNorm  # noqa: E402
 from floodax.experiments.training import History, select_flood_level  # noqa: E402
+from tests.helpers import assert_counts_every_unit, bars  # noqa: E402
 
 # ----------------------------------------------------------------- datasets
 
@@ -400,7 +401,7 @@ def test_vmapped_sweep_agrees_with_individual_runs_over_a_short_run():
 
 
 @pytest.mark.parametrize("patience", [None, 2])
-def test_sequential_sweep_equals_vmapped_sweep(patience):
+def test_sequential_sweep_equals_vmapped_sweep(patience, terminal):
     data, model = _small()
     config = TrainConfig(
         epochs=15,
@@ -410,12 +411,18 @@ def test_sequential_sweep_equals_vmapped_sweep(patience):
         early_stopping_patience=patience,
     )
     levels = [0.0, 0.3, 0.5]
-    vmapped = sweep_flood_levels(
-        model, data, config, levels, vectorized=True, progress=False
-    )
-    sequential = sweep_flood_levels(
-        model, data, config, levels, progress=False, vectorized=False
-    )
+    vmapped = sweep_flood_levels(model, data, config, levels, vectorized=True)
+    drawn = {"vmapped": bars(terminal.getvalue())["3 flood levels"]}
+    terminal.seek(0), terminal.truncate()
+    sequential = sweep_flood_levels(model, data, config, levels, vectorized=False)
+    drawn["sequential"] = bars(terminal.getvalue())["3 flood levels"]
+    # One bar for the sweep, a unit per epoch of a level, 3 x 15 in all; the
+    # epochs early stopping skips count as done, so the bar reaches its total.
+    for strategy, step in (("vmapped", 3), ("sequential", 1)):
+        steps = assert_counts_every_unit(drawn[strategy], 3 * 15)
+        assert steps == {step} if patience is None else step in steps
+        assert all(s % step == 0 for s in steps)
+    assert "level 3 of 3, b=0.5" in terminal.getvalue()
     for a, b in zip(vmapped.history, sequential.history, strict=True):
         if a is None:  # a sweep evaluates the test split only at the end
             assert b is None
@@ -542,13 +549,16 @@ def test_early_stopping_freezes_the_run():
             )
 
 
-def test_heldout_losses_never_see_their_own_example():
+def test_heldout_losses_never_see_their_own_example(terminal):
     # Flip one training label: the auxiliary model of that example's fold
     # never trained on it, so every logit it gives its fold is unchanged,
     # while the models of the other folds, which trained on it, change.
     data, model = _small()
     config = TrainConfig(epochs=6, optimizer="adam", learning_rate=0.05)
-    before = heldout_losses(model, data, config, num_folds=4, progress=False)
+    before = heldout_losses(model, data, config, num_folds=4)
+    # The four models train together: 4 units an epoch, 24 in all.
+    drawn = bars(terminal.getvalue())["4 auxiliary models"]
+    assert assert_counts_every_unit(drawn, 24) == {4}
     i = 5
     flipped = data._replace(y_train=data.y_train.copy())
     flipped.y_train[i] = 1 - flipped.y_train[i]
@@ -731,7 +741,22 @@ def test_sweep_rejects_bad_levels():
 # ---------------------------------------------------------------- the demo
 
 
-def test_demo_reports_the_run_that_chose_the_level(tmp_path, capsys):
+def test_demo_reports_the_run_that_chose_the_level(
+    tmp_path, capsys, terminal, monkeypatch
+):
+    from matplotlib.figure import Figure
+
+    boxes, savefig = [], Figure.savefig
+
+    def saved(figure, *args, **kwargs):
+        savefig(figure, *args, **kwargs)
+        boxes.extend(
+            (ax.get_window_extent(), ax.get_legend().get_window_extent())
+            for ax in figure.axes
+            if ax.get_legend() is not None
+        )
+
+    monkeypatch.setattr(Figure, "savefig", saved)
     out = tmp_path / "demo"
     code = main(
         [
@@ -748,15 +773,24 @@ def test_demo_reports_the_run_that_chose_the_level(tmp_path, capsys):
             "0.1:0.3:0.1",
             "--out",
             str(out),
-            "--no-progress",
         ]
     )
     assert code == 0
     printed = capsys.readouterr().out
+    # Two bars on stderr, none in the printed report: the sweep's, one for
+    # all 4 levels x 4 epochs, an epoch at a time, and the replays'.
+    assert bars(printed) == {}
+    drawn = bars(terminal.getvalue())
+    assert set(drawn) == {"4 flood levels", "replays for the figure"}
+    assert assert_counts_every_unit(drawn["4 flood levels"], 16) == {1}
     assert "baseline" in printed and "flooding" in printed and "test acc" in printed
     assert "checked bit for bit equal to the sweep's" in printed
     png = (out / "floodax_demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # Each panel's legend lies outside its axes, where no curve runs over it.
+    assert len(boxes) == 3
+    for axes, legend in boxes:
+        assert not legend.overlaps(axes) and legend.y1 < axes.y0  # below it
     results = json.loads((out / "floodax_demo.json").read_text())
     # 0 is always trained: it is the baseline.
     assert results["sweep"]["flood_levels"] == [0.0, 0.1, 0.2, 0.3]
@@ -767,6 +801,8 @@ def test_demo_reports_the_run_that_chose_the_level(tmp_path, capsys):
     assert final[chosen] == final.max()
     assert results["flooding"]["test_accuracy"] == sweep["test_accuracy"][chosen]
     assert results["baseline"]["test_accuracy"] == sweep["test_accuracy"][0]
+    replays = 1 if chosen == 0 else 2
+    assert_counts_every_unit(drawn["replays for the figure"], replays * 4)
 
 
 def _fake_sweep(test_accuracy, best_index, levels):

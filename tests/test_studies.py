@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("flax.nnx")
 from floodax._cli import main
 from floodax.experiments import load_dataset, studies
+from tests.helpers import assert_counts_every_unit, bars
 
 
 def _is_png(path) -> bool:
@@ -15,13 +16,19 @@ def _is_png(path) -> bool:
         return f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_flatness_records_sharpness_along_training(tmp_path):
+def _one_bar(terminal, desc: str, total: int) -> None:
+    """The study drew one bar, ``desc``, counting ``total`` units one by one."""
+    drawn = bars(terminal.getvalue())
+    assert list(drawn) == [desc]
+    assert assert_counts_every_unit(drawn[desc], total) == {1}
+
+
+def test_flatness_records_sharpness_along_training(tmp_path, terminal):
     config = studies.FlatnessConfig(
         seeds=1, epochs=4, width=8, probe_every=2, landscape_points=5
     )
-    out, table, png = studies.run_study(
-        "flatness", config, out=tmp_path, progress=False
-    )
+    out, table, png = studies.run_study("flatness", config, out=tmp_path)
+    _one_bar(terminal, "flatness: epochs", 1 * 2 * 4)  # seeds x levels x epochs
     assert _is_png(png)
     assert len(out["runs"]) == 2  # b = 0 and the flood level
     for run in out["runs"]:
@@ -55,7 +62,7 @@ def test_noisy_bayes_risk():
     )
 
 
-def test_noise_study(tmp_path):
+def test_noise_study(tmp_path, terminal):
     config = studies.NoiseConfig(
         seeds=1,
         epochs=2,
@@ -64,14 +71,15 @@ def test_noise_study(tmp_path):
         grid=(0.0, 0.3),
         width=8,
     )
-    out, table, png = studies.run_study("noise", config, out=tmp_path, progress=False)
+    out, table, png = studies.run_study("noise", config, out=tmp_path)
+    _one_bar(terminal, "noise: epochs", 2 * 2 * 2)  # noises x levels x epochs
     assert _is_png(png)
     assert [r["noise"] for r in out["rows"]] == [0.0, 0.3]
     assert all(r["chosen"] in (0.0, 0.3) for r in out["rows"])
     assert table.count("| sinusoid2d |") == 2
 
 
-def test_derivation_study_tracks_the_penalty_on_a_smooth_network(tmp_path):
+def test_derivation_study_tracks_the_penalty_on_a_smooth_network(tmp_path, terminal):
     config = studies.DerivationConfig(
         seeds=1,
         pairs=3,
@@ -80,9 +88,8 @@ def test_derivation_study_tracks_the_penalty_on_a_smooth_network(tmp_path):
         rates=((0.01, 0.005),),
         models=("smooth",),
     )
-    out, table, png = studies.run_study(
-        "derivation", config, out=tmp_path, progress=False
-    )
+    out, table, png = studies.run_study("derivation", config, out=tmp_path)
+    _one_bar(terminal, "derivation: pairs of steps", 3)
     assert _is_png(png)
     record = out["runs"][0]["record"]
     assert record["pair"] == [1, 2, 3]
@@ -113,7 +120,7 @@ def test_second_descent_detection():
     assert studies._second_descent_epoch(epochs, noisy, 0.1) is None
 
 
-def test_second_descent_study(tmp_path):
+def test_second_descent_study(tmp_path, terminal):
     config = studies.SecondDescentConfig(
         seeds=1,
         epochs=6,
@@ -123,9 +130,9 @@ def test_second_descent_study(tmp_path):
         width=8,
         test_every=2,
     )
-    out, table, png = studies.run_study(
-        "second_descent", config, out=tmp_path, progress=False
-    )
+    out, table, png = studies.run_study("second_descent", config, out=tmp_path)
+    # batch sizes x levels x epochs
+    _one_bar(terminal, "second descent: epochs", 2 * 2 * 6)
     assert _is_png(png)
     assert len(out["runs"]) == 4
     assert all(r["epochs"] == [2, 4, 6] for r in out["runs"])

@@ -14,7 +14,12 @@ import pytest
 import floodax
 from floodax import _verify
 from floodax._cli import main
-from tests.helpers import assert_trees_allclose, mlp_loss
+from tests.helpers import (
+    assert_counts_every_unit,
+    assert_trees_allclose,
+    bars,
+    mlp_loss,
+)
 
 
 def test_equivalent_penalty_values_and_inverse():
@@ -187,12 +192,34 @@ def test_fitted_orders_match_theory(mlp, ratio, ascent_first):
 
 def test_verify_command_prints_table_and_succeeds(capsys):
     assert main(["verify"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert err == ""  # captured, not a terminal: no progress bar
     for scheme in _verify.SCHEMES:
         assert scheme.name in out
     assert out.count("fitted order, derivation:") == 4
     assert out.count("fitted order, modified flow:") == 3
     assert "all orders within tolerance" in out
+
+
+def test_verify_draws_a_bar_of_its_checks(monkeypatch, terminal, capsys):
+    # Fits stubbed to fail at once: the bar, not the fits, is under test.
+    def no_fit(*args, **kwargs):
+        raise ValueError("stubbed")
+
+    monkeypatch.setattr(_verify, "equivalence_order", no_fit)
+    monkeypatch.setattr(_verify, "flow_order", no_fit)
+    monkeypatch.setattr(_verify, "_problem", lambda seed: (None, None, None))
+    assert main(["verify", "--no-progress"]) == 1
+    assert terminal.getvalue() == ""
+    assert main(["verify"]) == 1
+    assert capsys.readouterr().out.count("FAIL, no order fitted: stubbed") == 14
+    drawings = terminal.getvalue().split("\r")
+    drawn = bars(terminal.getvalue())["floodax verify: checks"]
+    assert assert_counts_every_unit(drawn, len(_verify.SCHEMES)) == {1}
+    # Each check is named on the bar while it runs, i done before it.
+    for i, scheme in enumerate(_verify.SCHEMES):
+        running = f"| {i}/{len(_verify.SCHEMES)} ["
+        assert any(running in d and d.rstrip().endswith(scheme.name) for d in drawings)
 
 
 @pytest.mark.parametrize("num_rates", ["3", "40"])

@@ -1,7 +1,8 @@
 """The paper's experiments: datasets, the MLP, NNX training, the one-run sweep.
 
 Needs the ``demo`` extra (from a checkout, ``pip install -e ".[demo]"``): Flax,
-scikit-learn, matplotlib and tqdm. The core ``floodax`` package does not.
+scikit-learn and matplotlib (its tqdm is for benchmarks/). The core
+``floodax`` package does not.
 """
 
 from floodax.experiments.datasets import DATASETS as DATASETS

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 import floodax
+from floodax._progress import progress_bar
 from floodax.experiments.datasets import Dataset, load_dataset
 from floodax.experiments.models import MLP
 from floodax.experiments.training import (
@@ -120,6 +121,15 @@ def estimate_seconds(
     return config.epochs * epoch_s * runs + test_s * (levels + replays * TEST_POINTS)
 
 
+_BELOW = {
+    "fontsize": 8,
+    "loc": "upper center",
+    "bbox_to_anchor": (0.5, -0.13),
+    "ncol": 2,
+}
+"""Legend placement of the demo's panels: centred below the axes."""
+
+
 def _plot(
     path: str, baseline: TrainResult, flooded: TrainResult, validation: str, title: str
 ) -> None:
@@ -128,7 +138,12 @@ def _plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_test, ax_loss, ax_val) = plt.subplots(1, 3, figsize=(16, 4.8))
+    # Constrained layout makes room for the legends below the axes, where no
+    # curve can run over them (on the third panel the twin axis's curves
+    # were drawn over a legend inside it).
+    fig, (ax_test, ax_loss, ax_val) = plt.subplots(
+        1, 3, figsize=(16, 5.8), layout="constrained"
+    )
     b = flooded.flood_level
     twin = ax_val.twinx()
     runs = (
@@ -166,14 +181,14 @@ def _plot(
     ax_test.set_title("Clean test accuracy")
     ax_test.set_xlabel("epoch")
     ax_test.set_ylabel("accuracy (%)")
-    ax_test.legend(fontsize=8, loc="lower right")
+    ax_test.legend(**_BELOW)
     ax_test.grid(alpha=0.3)
     ax_loss.axhline(b, color="grey", linewidth=1, linestyle=":", label=f"b = {b:g}")
     ax_loss.set_yscale("log")
     ax_loss.set_title("Training loss held at b (training mode), test loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("cross-entropy (log scale)")
-    ax_loss.legend(fontsize=8)
+    ax_loss.legend(**_BELOW)
     ax_loss.grid(alpha=0.3)
     ax_val.set_title(f"Validation ({validation} labels): loss vs accuracy")
     ax_val.set_xlabel("epoch")
@@ -181,11 +196,8 @@ def _plot(
     twin.set_ylabel("accuracy, % (dotted)")
     lines = ax_val.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
-    ax_val.legend(
-        lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="center right"
-    )
+    ax_val.legend(lines[0] + more[0], lines[1] + more[1], **_BELOW)
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -371,26 +383,21 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         )
     )
     test_every = max(1, config.epochs // TEST_POINTS)
-    baseline = train(
-        model,
-        data,
-        train_config,
-        flood_level=0.0,
-        test_every=test_every,
-        progress=config.progress,
-    )
-    flooded = (
-        baseline
-        if chosen == 0
-        else train(
-            model,
-            data,
-            train_config,
-            flood_level=float(levels[chosen]),
-            test_every=test_every,
-            progress=config.progress,
-        )
-    )
+    replayed = (0,) if chosen == 0 else (0, chosen)
+    total = len(replayed) * config.epochs
+    with progress_bar(config.progress, total, "replays for the figure") as bar:
+        replays = [
+            train(
+                model,
+                data,
+                train_config,
+                flood_level=float(levels[index]),
+                test_every=test_every,
+                progress=bar,
+            )
+            for index in replayed
+        ]
+    baseline, flooded = replays[0], replays[-1]
     differences = [
         replay_difference(sweep, 0, baseline),
         replay_difference(sweep, chosen, flooded),

@@ -30,6 +30,7 @@ import optax
 from flax import nnx
 
 import floodax
+from floodax._progress import Progress, progress_bar
 from floodax.experiments.datasets import Dataset, load_dataset
 from floodax.experiments.models import MLP
 from floodax.experiments.training import (
@@ -66,15 +67,6 @@ def _sharpness_probe(data: Dataset, iterations: int):
         }
 
     return probe
-
-
-def _each(items: Sequence[Any], desc: str, progress: bool):
-    """``items`` with a progress bar (these runs take minutes)."""
-    if not progress:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, leave=False)
 
 
 def _model(data: Dataset, width: int, seed: int) -> MLP:
@@ -146,7 +138,7 @@ def flatness(
     config: FlatnessConfig = FlatnessConfig(),
     *,
     png: str | None = None,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> dict:
     """Sharpness, gradient norm and 1-D landscape, with and without flooding.
 
@@ -163,41 +155,45 @@ def flatness(
       along training, the final landscape and the clean test accuracy.
     """
     runs = []
-    for seed in _each(range(config.seeds), "flatness: seeds", progress):
-        data = load_dataset(config.dataset, seed=seed, label_noise=config.label_noise)
-        model = _model(data, config.width, seed)
-        for b in (0.0, config.flood_level):
-            result = train(
-                model,
-                data,
-                TrainConfig(epochs=config.epochs, seed=seed),
-                flood_level=b,
-                test_every=config.epochs,
-                probe=_sharpness_probe(data, config.lanczos_iterations),
-                probe_every=config.probe_every,
-                progress=False,
+    total = config.seeds * 2 * config.epochs
+    with progress_bar(progress, total, "flatness: epochs") as bar:
+        for seed in range(config.seeds):
+            data = load_dataset(
+                config.dataset, seed=seed, label_noise=config.label_noise
             )
-            trained = nnx.clone(result.model)
-            trained.train()
-            loss, params = _training_loss(trained, data)
-            land = floodax.loss_landscape(
-                loss,
-                params,
-                num_points=config.landscape_points,
-                radius=config.landscape_radius,
-                key=jax.random.key(seed),
-            )
-            runs.append(
-                {
-                    "seed": seed,
-                    "flood_level": b,
-                    "epochs": [e for e, _ in result.probes],
-                    "probes": [p for _, p in result.probes],
-                    "landscape": np.asarray(land.losses).tolist(),
-                    "alphas": np.asarray(land.alphas).tolist(),
-                    "test_accuracy": result.test_accuracy,
-                }
-            )
+            model = _model(data, config.width, seed)
+            for b in (0.0, config.flood_level):
+                result = train(
+                    model,
+                    data,
+                    TrainConfig(epochs=config.epochs, seed=seed),
+                    flood_level=b,
+                    test_every=config.epochs,
+                    probe=_sharpness_probe(data, config.lanczos_iterations),
+                    probe_every=config.probe_every,
+                    progress=bar,
+                )
+                trained = nnx.clone(result.model)
+                trained.train()
+                loss, params = _training_loss(trained, data)
+                land = floodax.loss_landscape(
+                    loss,
+                    params,
+                    num_points=config.landscape_points,
+                    radius=config.landscape_radius,
+                    key=jax.random.key(seed),
+                )
+                runs.append(
+                    {
+                        "seed": seed,
+                        "flood_level": b,
+                        "epochs": [e for e, _ in result.probes],
+                        "probes": [p for _, p in result.probes],
+                        "landscape": np.asarray(land.losses).tolist(),
+                        "alphas": np.asarray(land.alphas).tolist(),
+                        "test_accuracy": result.test_accuracy,
+                    }
+                )
     summary = {}
     for b in (0.0, config.flood_level):
         sel = [r for r in runs if r["flood_level"] == b]
@@ -308,7 +304,7 @@ def noise_levels(
     config: NoiseConfig = NoiseConfig(),
     *,
     png: str | None = None,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> dict:
     """The chosen flood level and its gain at each label-noise rate.
 
@@ -325,26 +321,30 @@ def noise_levels(
         for n in config.noises
         for s in range(config.seeds)
     ]
-    for dataset, noise, seed in _each(jobs, "noise: sweeps", progress):
-        data = load_dataset(dataset, seed=seed, label_noise=noise)
-        sweep = sweep_flood_levels(
-            _model(data, config.width, seed),
-            data,
-            TrainConfig(epochs=config.epochs, seed=seed),
-            config.grid,
-            progress=False,
-        )
-        rows.append(
-            {
-                "dataset": dataset,
-                "noise": noise,
-                "seed": seed,
-                "chosen": sweep.best_flood_level,
-                "baseline_test_accuracy": float(sweep.test_accuracy[0]),
-                "flooding_test_accuracy": float(sweep.test_accuracy[sweep.best_index]),
-                "bayes_risk": noisy_bayes_risk(data, noise),
-            }
-        )
+    total = len(jobs) * len(config.grid) * config.epochs
+    with progress_bar(progress, total, "noise: epochs") as bar:
+        for dataset, noise, seed in jobs:
+            data = load_dataset(dataset, seed=seed, label_noise=noise)
+            sweep = sweep_flood_levels(
+                _model(data, config.width, seed),
+                data,
+                TrainConfig(epochs=config.epochs, seed=seed),
+                config.grid,
+                progress=bar,
+            )
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "noise": noise,
+                    "seed": seed,
+                    "chosen": sweep.best_flood_level,
+                    "baseline_test_accuracy": float(sweep.test_accuracy[0]),
+                    "flooding_test_accuracy": float(
+                        sweep.test_accuracy[sweep.best_index]
+                    ),
+                    "bayes_risk": noisy_bayes_risk(data, noise),
+                }
+            )
     out = {"config": dataclasses.asdict(config), "rows": rows}
     _plot_noise(out, png)
     return out
@@ -491,11 +491,71 @@ def _full_batch_step(x: jax.Array, y: jax.Array):
     return step
 
 
+def _derivation_run(
+    config: DerivationConfig, kind: str, seed: int, rates: tuple, bar: Progress
+) -> dict:
+    """One run of :func:`derivation_runs`, a unit on ``bar`` per pair."""
+    e1, e2 = rates
+    data = load_dataset(config.dataset, seed=seed, label_noise=config.label_noise)
+    start = MLP(
+        data.x_train.shape[1],
+        data.num_classes,
+        width=config.width,
+        batch_norm="pytorch" if kind == "paper" else "none",
+        activation="relu" if kind == "paper" else "tanh",
+        rngs=nnx.Rngs(seed),
+    )
+    lr, strength = floodax.equivalent_penalty(e1, e2)
+    txs = {
+        "alternating": floodax.alternate(e1, e2),
+        "penalty": optax.chain(floodax.add_grad_norm_penalty(strength), optax.sgd(lr)),
+        "gradient descent": optax.sgd(lr),
+    }
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    step = _full_batch_step(x, y)
+    models, optimizers = {}, {}
+    for name, tx in txs.items():
+        models[name] = nnx.clone(start)
+        models[name].train()
+        optimizers[name] = nnx.Optimizer(models[name], tx, wrt=nnx.Param)
+    origin = _flat_params(start)
+    record = {"pair": [], "to_penalty": [], "to_gradient_descent": [], "moved": []}
+    for pair in range(1, config.pairs + 1):
+        for _ in range(2):  # descent, then ascent, across calls
+            step(models["alternating"], optimizers["alternating"], False)
+        step(models["penalty"], optimizers["penalty"], True)
+        step(models["gradient descent"], optimizers["gradient descent"], False)
+        if pair % config.record_every == 0 or pair == 1:
+            a = _flat_params(models["alternating"])
+            record["pair"].append(pair)
+            record["moved"].append(float(jnp.linalg.norm(a - origin)))
+            record["to_penalty"].append(
+                float(jnp.linalg.norm(a - _flat_params(models["penalty"])))
+            )
+            record["to_gradient_descent"].append(
+                float(jnp.linalg.norm(a - _flat_params(models["gradient descent"])))
+            )
+        bar.update()
+    accuracy = {}
+    for name, model in models.items():
+        model.eval()
+        logits = model(jnp.asarray(data.x_test))
+        accuracy[name] = float(jnp.mean(jnp.argmax(logits, -1) == data.y_test))
+    return {
+        "model": kind,
+        "seed": seed,
+        "rates": [e1, e2],
+        "strength": strength,
+        "record": record,
+        "test_accuracy": accuracy,
+    }
+
+
 def derivation_runs(
     config: DerivationConfig = DerivationConfig(),
     *,
     png: str | None = None,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> dict:
     """Alternating steps against the equivalent penalty over whole runs.
 
@@ -513,70 +573,15 @@ def derivation_runs(
     Taylor expansion behind the derivation holds (a ReLU network's steps
     cross kinks of the loss).
     """
-    runs = []
     jobs = [
         (m, s, r)
         for m in config.models
         for s in range(config.seeds)
         for r in config.rates
     ]
-    for kind, seed, (e1, e2) in _each(jobs, "derivation: runs", progress):
-        data = load_dataset(config.dataset, seed=seed, label_noise=config.label_noise)
-        start = MLP(
-            data.x_train.shape[1],
-            data.num_classes,
-            width=config.width,
-            batch_norm="pytorch" if kind == "paper" else "none",
-            activation="relu" if kind == "paper" else "tanh",
-            rngs=nnx.Rngs(seed),
-        )
-        lr, strength = floodax.equivalent_penalty(e1, e2)
-        txs = {
-            "alternating": floodax.alternate(e1, e2),
-            "penalty": optax.chain(
-                floodax.add_grad_norm_penalty(strength), optax.sgd(lr)
-            ),
-            "gradient descent": optax.sgd(lr),
-        }
-        x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-        step = _full_batch_step(x, y)
-        models, optimizers = {}, {}
-        for name, tx in txs.items():
-            models[name] = nnx.clone(start)
-            models[name].train()
-            optimizers[name] = nnx.Optimizer(models[name], tx, wrt=nnx.Param)
-        origin = _flat_params(start)
-        record = {"pair": [], "to_penalty": [], "to_gradient_descent": [], "moved": []}
-        for pair in range(1, config.pairs + 1):
-            for _ in range(2):  # descent, then ascent, across calls
-                step(models["alternating"], optimizers["alternating"], False)
-            step(models["penalty"], optimizers["penalty"], True)
-            step(models["gradient descent"], optimizers["gradient descent"], False)
-            if pair % config.record_every == 0 or pair == 1:
-                a = _flat_params(models["alternating"])
-                record["pair"].append(pair)
-                record["moved"].append(float(jnp.linalg.norm(a - origin)))
-                record["to_penalty"].append(
-                    float(jnp.linalg.norm(a - _flat_params(models["penalty"])))
-                )
-                record["to_gradient_descent"].append(
-                    float(jnp.linalg.norm(a - _flat_params(models["gradient descent"])))
-                )
-        accuracy = {}
-        for name, model in models.items():
-            model.eval()
-            logits = model(jnp.asarray(data.x_test))
-            accuracy[name] = float(jnp.mean(jnp.argmax(logits, -1) == data.y_test))
-        runs.append(
-            {
-                "model": kind,
-                "seed": seed,
-                "rates": [e1, e2],
-                "strength": strength,
-                "record": record,
-                "test_accuracy": accuracy,
-            }
-        )
+    total = len(jobs) * config.pairs
+    with progress_bar(progress, total, "derivation: pairs of steps") as bar:
+        runs = [_derivation_run(config, *job, bar) for job in jobs]
     out = {"config": dataclasses.asdict(config), "runs": runs}
     _plot_derivation(out, png)
     return out
@@ -712,7 +717,7 @@ def second_descent(
     config: SecondDescentConfig = SecondDescentConfig(),
     *,
     png: str | None = None,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> dict:
     """The clean test loss over long runs, flooded and not, looking for a
     second descent (a rise and a fall of at least ``drop`` below the peak).
@@ -727,34 +732,36 @@ def second_descent(
         for bs in config.batch_sizes
         for s in range(config.seeds)
     ]
-    for noise, b, batch, seed in _each(jobs, "second descent: runs", progress):
-        data = load_dataset(config.dataset, seed=seed, label_noise=noise)
-        for level in (0.0, b):
-            result = train(
-                _model(data, config.width, seed),
-                data,
-                TrainConfig(epochs=config.epochs, batch_size=batch, seed=seed),
-                flood_level=level,
-                test_every=config.test_every,
-                progress=False,
-            )
-            tested = ~np.isnan(result.history.test_loss)
-            epochs = np.arange(1, config.epochs + 1)[tested]
-            loss = result.history.test_loss[tested]
-            runs.append(
-                {
-                    "noise": noise,
-                    "flood_level": level,
-                    "batch_size": batch,
-                    "seed": seed,
-                    "epochs": epochs.tolist(),
-                    "test_loss": loss.tolist(),
-                    "test_accuracy": result.history.test_accuracy[tested].tolist(),
-                    "second_descent_epoch": _second_descent_epoch(
-                        epochs, loss, config.drop
-                    ),
-                }
-            )
+    total = len(jobs) * 2 * config.epochs
+    with progress_bar(progress, total, "second descent: epochs") as bar:
+        for noise, b, batch, seed in jobs:
+            data = load_dataset(config.dataset, seed=seed, label_noise=noise)
+            for level in (0.0, b):
+                result = train(
+                    _model(data, config.width, seed),
+                    data,
+                    TrainConfig(epochs=config.epochs, batch_size=batch, seed=seed),
+                    flood_level=level,
+                    test_every=config.test_every,
+                    progress=bar,
+                )
+                tested = ~np.isnan(result.history.test_loss)
+                epochs = np.arange(1, config.epochs + 1)[tested]
+                loss = result.history.test_loss[tested]
+                runs.append(
+                    {
+                        "noise": noise,
+                        "flood_level": level,
+                        "batch_size": batch,
+                        "seed": seed,
+                        "epochs": epochs.tolist(),
+                        "test_loss": loss.tolist(),
+                        "test_accuracy": result.history.test_accuracy[tested].tolist(),
+                        "second_descent_epoch": _second_descent_epoch(
+                            epochs, loss, config.drop
+                        ),
+                    }
+                )
     out = {"config": dataclasses.asdict(config), "runs": runs}
     _plot_second_descent(out, png)
     return out

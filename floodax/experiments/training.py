@@ -33,6 +33,7 @@ import optax
 from flax import nnx
 
 import floodax
+from floodax._progress import Progress, progress_bar
 from floodax._validation import check_int, check_real, check_scalar_hyperparam
 from floodax.experiments.datasets import Dataset
 
@@ -385,14 +386,6 @@ class _Runner:
         return model(x)
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:  # tqdm.auto warns in notebooks without ipywidgets
-        return range(total)
-    from tqdm.auto import tqdm
-
-    return tqdm(range(total), desc=desc, leave=False)
-
-
 def _history(records: list[dict], axis: int) -> History:
     stacked = {
         k: np.stack([np.asarray(r[k]) for r in records], axis=axis) for k in records[0]
@@ -438,22 +431,26 @@ def _run_epochs(
     runner: _Runner,
     epoch_fn: Callable,
     carry: tuple,
-    desc: str,
-    progress: bool,
+    bar: Progress,
     after_epoch: Callable[[int, Any, bool], dict] | None = None,
     data: dict | None = None,
+    runs: int = 1,
 ) -> tuple[tuple, list[dict]]:
     """Runs the epochs until the last one or until every run has stopped;
-    ``after_epoch(epoch, state, last)`` may add records (test metrics)."""
+    ``after_epoch(epoch, state, last)`` may add records (test metrics).
+    Each epoch of the ``runs`` runs it trains together counts ``runs`` units
+    on ``bar``; the epochs an early stop skips count as done."""
     data = runner.data if data is None else data
     records = []
-    for epoch in _progress(runner.config.epochs, desc, progress):
+    epochs = runner.config.epochs
+    for epoch in range(epochs):
         state, run, metrics = epoch_fn(*carry, jnp.asarray(epoch), data)
         carry = (state, run)
-        last = epoch == runner.config.epochs - 1 or not np.any(run.active)
+        last = epoch == epochs - 1 or not np.any(run.active)
         if after_epoch is not None:
             metrics = {**metrics, **after_epoch(epoch, state, last)}
         records.append(metrics)
+        bar.update(runs * (epochs - epoch if last else 1))
         if not np.any(run.active):
             break
     return carry, records
@@ -495,7 +492,7 @@ def train(
     test_every: int = 1,
     probe: Callable[[nnx.Module], dict] | None = None,
     probe_every: int = 10,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> TrainResult:
     """Trains ``model`` on ``dataset`` with flooding at ``flood_level``.
 
@@ -530,7 +527,9 @@ def train(
         epoch, so it never changes the run: a hook for diagnostics such as
         :func:`floodax.hessian_eigenvalues` along training.
       probe_every: epochs between probes.
-      progress: show a progress bar.
+      progress: ``True`` draws a bar of the epochs, with the time left, on
+        standard error when it is a terminal; ``False`` draws none; the bar
+        of an outer loop (the demo's, a study's) is advanced instead.
 
     Returns:
       A :class:`TrainResult`.
@@ -559,9 +558,8 @@ def train(
             return {"test_loss": loss, "test_accuracy": acc}
         return {"test_loss": nan, "test_accuracy": nan}
 
-    (state, run), records = _run_epochs(
-        runner, epoch_fn, carry, f"b={flood_level:g}", progress, test_metrics
-    )
+    with progress_bar(progress, config.epochs, f"b={flood_level:g}") as bar:
+        (state, run), records = _run_epochs(runner, epoch_fn, carry, bar, test_metrics)
     trained, optimizer = nnx.merge(runner.graphdef, state)
     trained.eval()
     history = _history(records, 0)
@@ -583,22 +581,21 @@ def train(
     )
 
 
-def _sweep_vmapped(runner: _Runner, levels: np.ndarray, desc: str, progress: bool):
+def _sweep_vmapped(runner: _Runner, levels: np.ndarray, bar: Progress):
     epoch_fn, initial, evaluate = _compiled(runner, batched=True)
     carry = initial(runner.init_state, jnp.asarray(levels, jnp.float32))
-    (state, run), records = _run_epochs(runner, epoch_fn, carry, desc, progress)
+    (state, run), records = _run_epochs(runner, epoch_fn, carry, bar, runs=len(levels))
     test_loss, test_acc = evaluate(state, *runner.test)
     return records, test_loss, test_acc, run.steps, run.ascents
 
 
-def _sweep_sequential(runner: _Runner, levels: np.ndarray, desc: str, progress: bool):
+def _sweep_sequential(runner: _Runner, levels: np.ndarray, bar: Progress):
     epoch_fn, initial, evaluate = _compiled(runner, batched=False)
     per_level, finals = [], []
     for i, b in enumerate(levels):
         carry = initial(runner.init_state, jnp.float32(b))
-        (state, run), records = _run_epochs(
-            runner, epoch_fn, carry, f"{desc}: {i + 1} (b={b:g})", progress
-        )
+        bar.status = f"level {i + 1} of {len(levels)}, b={b:g}"
+        (state, run), records = _run_epochs(runner, epoch_fn, carry, bar)
         per_level.append(records)
         finals.append((*evaluate(state, *runner.test), run.steps, run.ascents))
     # A level that stopped early keeps its last metrics, as in the vmapped run.
@@ -645,7 +642,7 @@ def heldout_losses(
     *,
     num_folds: int = 5,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> HeldOutLosses:
     """AdaFlood's held-out losses: K auxiliary models, each trained on the
     other folds, evaluated on their own fold.
@@ -669,7 +666,9 @@ def heldout_losses(
       config: how to train the auxiliary models (its ``method`` is ignored).
       num_folds: ``K >= 2``.
       seed: seeds the permutation behind the folds.
-      progress: show a progress bar.
+      progress: ``True`` draws a bar of the epochs, with the time left, on
+        standard error when it is a terminal; ``False`` draws none; the bar
+        of an outer loop (the demo's, a study's) is advanced instead.
 
     Returns:
       :class:`HeldOutLosses`, aligned with ``dataset``'s training examples:
@@ -708,9 +707,11 @@ def heldout_losses(
         )
     epoch_fn, initial, _ = _compiled(runner, batched=True, data_axis=0)
     carry = initial(runner.init_state, jnp.zeros(num_folds, jnp.float32))
-    (state, _), _ = _run_epochs(
-        runner, epoch_fn, carry, f"{num_folds} auxiliary models", progress, data=data
-    )
+    desc = f"{num_folds} auxiliary models"
+    with progress_bar(progress, num_folds * config.epochs, desc) as bar:
+        (state, _), _ = _run_epochs(
+            runner, epoch_fn, carry, bar, data=data, runs=num_folds
+        )
     logits = jax.jit(jax.vmap(runner.logits, in_axes=(0, None)))(
         state, jnp.asarray(dataset.x_train)
     )
@@ -792,7 +793,7 @@ def sweep_flood_levels(
     aux_losses: np.ndarray | None = None,
     tie_break: str = "val_loss",
     vectorized: bool | str = "auto",
-    progress: bool = True,
+    progress: bool | Progress = True,
 ) -> SweepResult:
     """Trains one copy of ``model`` per flood level and picks the best level.
 
@@ -820,7 +821,9 @@ def sweep_flood_levels(
         sequential runs were faster (benchmarks/bench_sweep.md). Vectorized
         runs agree with individual ones to rounding at first and can drift
         apart over long runs (benchmarks/sweep_drift.md).
-      progress: show a progress bar.
+      progress: ``True`` draws a bar of the epochs, with the time left, on
+        standard error when it is a terminal; ``False`` draws none; the bar
+        of an outer loop (the demo's, a study's) is advanced instead.
 
     Returns:
       A :class:`SweepResult`.
@@ -846,9 +849,10 @@ def sweep_flood_levels(
         raise ValueError(f"`tie_break` must be one of {TIE_BREAKS}, got {tie_break!r}.")
     batched = _resolve_vectorized(vectorized)
     runner = _Runner(nnx.clone(model), dataset, config, aux_losses)
-    desc = f"{len(levels)} flood levels"
     sweep = _sweep_vmapped if batched else _sweep_sequential
-    records, test_loss, test_acc, steps, ascents = sweep(runner, levels, desc, progress)
+    total = len(levels) * config.epochs
+    with progress_bar(progress, total, f"{len(levels)} flood levels") as bar:
+        records, test_loss, test_acc, steps, ascents = sweep(runner, levels, bar)
     history = _history(records, 1)
     best = select_flood_level(
         history, levels, validation=config.validation, tie_break=tie_break
