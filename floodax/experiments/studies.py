@@ -57,8 +57,9 @@ def _loss_of(graphdef: Any, rest: Any, x: jax.Array, y: jax.Array, p: Any):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "iterations"))
-def _measure(graphdef: Any, params: Any, rest: Any, x: jax.Array, y: jax.Array,
-             iterations: int):
+def _measure(
+    graphdef: Any, params: Any, rest: Any, x: jax.Array, y: jax.Array, iterations: int
+):
     """Sharpness, gradient norm and loss at ``params``, compiled once per
     model structure (every probe of every run and seed reuses it)."""
     loss = functools.partial(_loss_of, graphdef, rest, x, y)
