@@ -19,6 +19,7 @@ short version; ``benchmarks/study_*.py`` the full one over five seeds):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -48,22 +49,35 @@ def _training_loss(model: nnx.Module, data: Dataset):
     on fresh copies of the running statistics, which are discarded."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    return functools.partial(_loss_of, graphdef, rest, x, y), params
 
-    def loss(p):
-        logits = nnx.merge(graphdef, p, jax.tree.map(jnp.copy, rest))(x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    return loss, params
+def _loss_of(graphdef: Any, rest: Any, x: jax.Array, y: jax.Array, p: Any):
+    logits = nnx.merge(graphdef, p, jax.tree.map(jnp.copy, rest))(x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "iterations"))
+def _measure(
+    graphdef: Any, params: Any, rest: Any, x: jax.Array, y: jax.Array, iterations: int
+):
+    """Sharpness, gradient norm and loss at ``params``, compiled once per
+    model structure (every probe of every run and seed reuses it)."""
+    loss = functools.partial(_loss_of, graphdef, rest, x, y)
+    top = floodax.hessian_eigenvalues(loss, params, num_iterations=iterations)
+    return top.eigenvalues[0], floodax.grad_norm(loss, params), loss(params)
 
 
 def _sharpness_probe(data: Dataset, iterations: int):
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+
     def probe(model: nnx.Module) -> dict:
-        loss, params = _training_loss(model, data)
-        top = floodax.hessian_eigenvalues(loss, params, num_iterations=iterations)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        top, norm, value = _measure(graphdef, params, rest, x, y, iterations)
         return {
-            "top_eigenvalue": float(top.eigenvalues[0]),
-            "grad_norm": float(floodax.grad_norm(loss, params)),
-            "train_loss": float(loss(params)),
+            "top_eigenvalue": float(top),
+            "grad_norm": float(norm),
+            "train_loss": float(value),
         }
 
     return probe
