@@ -18,6 +18,7 @@ from floodax._flooding import FloodState as FloodState
 from floodax._flooding import flood as flood
 from floodax._flooding import flooded as flooded
 from floodax._flooding import iflooded as iflooded
+from floodax._m_sharpness import m_sharpness as m_sharpness
 from floodax._penalty import add_grad_norm_penalty as add_grad_norm_penalty
 from floodax._penalty import grad_norm_penalty as grad_norm_penalty
 from floodax._stats import flood_stats as flood_stats
@@ -69,6 +70,7 @@ __all__ = [
     "iflooded",
     "implicit_penalty",
     "loss_landscape",
+    "m_sharpness",
     "multi_steps",
     "suggest_flood_level",
 ]
