@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from floodax._accumulation import MicroBatch, _varying_axes
+from floodax._accumulation import MicroBatch, _axis_names, _varying_axes
 from floodax._penalty import accumulation_dtype
 from floodax._validation import (
     axis_reduce,
@@ -87,6 +87,25 @@ def _state_mean(leaf: jax.Array) -> jax.Array:
     return (first.astype(acc) + shift).astype(leaf.dtype)
 
 
+def _per_device(params: Any, names: tuple[str, ...]) -> Any:
+    """``params`` typed as differing between devices along ``names``.
+
+    Under ``shard_map`` the gradient with respect to a replicated input is
+    summed over the devices (the transpose of its implicit broadcast); each
+    device's perturbation needs its own gradient, so the parameters are cast
+    to per-device values first (a no-op on the values)."""
+
+    def cast(leaf: Any) -> Any:
+        axes = tuple(n for n in names if n not in _varying_axes(leaf))
+        if not axes:
+            return leaf
+        if hasattr(jax.lax, "pcast"):  # jax >= 0.9
+            return jax.lax.pcast(leaf, axes, to="varying")
+        return jax.lax.pvary(leaf, axes)  # the floor, jax 0.8
+
+    return jax.tree.map(cast, params)
+
+
 def m_sharpness(
     inner: optax.GradientTransformation,
     group_size: int,
@@ -141,7 +160,11 @@ def m_sharpness(
     **Data parallel.** Under ``shard_map`` with ``axis_name``, each device
     splits its own shard into groups, and the groups' updates are averaged
     over ``axis_name`` as well (with equal shards, the mean over all groups
-    of the global batch). ``group_size`` equal to the per-device batch is
+    of the global batch). Each device perturbs along its own gradient:
+    ``shard_map`` sums a gradient with respect to replicated parameters
+    over the devices, so ``m_sharpness`` first casts them to per-device
+    values (``jax.lax.pcast(..., to="varying")``; nothing moves).
+    ``group_size`` equal to the per-device batch is
     the per-device perturbation of Foret et al.'s code
     (google-research/sam, ``sam_jax/training_utils/flax_training.py``,
     ``train_step``: under ``pmap`` each replica's gradient perturbs its own
@@ -162,9 +185,9 @@ def m_sharpness(
       group_size: ``m``, the number of examples per group (a Python int; it
         is a shape). It must divide the batch size, per device with
         ``axis_name``.
-      axis_name: under ``shard_map``/``pmap``, the name (or names) of the
-        mapped axes the batch is sharded over; ``None`` on one device or
-        under plain ``jit``, where the batch is global.
+      axis_name: under ``shard_map``, the name (or names) of the mesh axes
+        the batch is sharded over; ``None`` on one device or under plain
+        ``jit``, where the batch is global.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
@@ -225,6 +248,7 @@ def m_sharpness(
         fix="; it is the number of examples per group, a shape",
     )
     inner = optax.with_extra_args_support(inner)
+    names = () if axis_name is None else _axis_names(axis_name)
 
     def update_fn(
         updates: optax.Updates,
@@ -256,6 +280,8 @@ def m_sharpness(
         require_params(params, _NAME)
         check_matching_trees(updates, params, _NAME)
         groups = _split_batch(batch, group_size)
+        if names:
+            params = _per_device(params, names)
         first = jax.tree.map(lambda x: x[0], groups)
         fix = loss_output_fix(
             jax.eval_shape(loss_fn, params, first),
@@ -290,10 +316,9 @@ def m_sharpness(
 
     def _device_mean(leaf: Any) -> Any:
         """A float state leaf that differs between devices, averaged over them."""
-        names = set(axis_name if isinstance(axis_name, tuple) else (axis_name,))
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
             return leaf
-        if not names & _varying_axes(leaf):
+        if not set(names) & _varying_axes(leaf):
             return leaf
         return axis_reduce(jax.lax.pmean, leaf, axis_name, _NAME)
 

@@ -64,7 +64,7 @@ def _sam_loop(params, batch, m, radius):
     for group in _groups(batch, m):
         g = _GRAD(params, group)
         norm = np.sqrt(sum(np.sum(np.asarray(v) ** 2) for v in jax.tree.leaves(g)))
-        shifted = jax.tree.map(lambda p, v: p + radius * v / norm, params, g)
+        shifted = jax.tree.map(lambda p, v, n=norm: p + radius * v / n, params, g)
         perturbed.append(_GRAD(shifted, group))
     return jax.tree.map(lambda *us: sum(us) / len(us), *perturbed)
 
@@ -146,8 +146,9 @@ def test_inner_sees_each_group_as_its_whole_batch(mlp, batch):
     )(params, batch)
     per_group = []
     for group, loss in zip(_groups(batch, m), group_losses, strict=True):
+        sign = np.sign(loss - level)
         u = _sam_loop(params, group, m, RHO)
-        per_group.append(jax.tree.map(lambda v, s=np.sign(loss - level): s * v, u))
+        per_group.append(jax.tree.map(lambda v, s=sign: s * v, u))
     expected = jax.tree.map(lambda *us: sum(us) / len(us), *per_group)
     assert_trees_allclose(out, expected, rtol=1e-11, atol=1e-14)
 
