@@ -53,7 +53,7 @@ def _split_batch(batch: Any, group_size: int) -> Any:
     if size % group_size:
         raise ValueError(
             f"{_NAME}: `batch` has {size} examples, not a multiple of "
-            f"`group_size`={group_size}, so {size % group_size} examples would "
+            f"`group_size`={group_size}, so {size % group_size} of them would "
             "be in no group. Pass a `group_size` that divides the batch size, "
             "or drop or pad the remainder yourself."
         )

@@ -274,3 +274,29 @@ def test_bad_batches_and_losses(mlp, batch):
         floodax.m_sharpness(_penalty_sam(), 4, axis_name="data").update(
             g, s, params, loss_fn=_loss, batch=batch
         )
+
+
+def test_under_shard_map_on_one_device_matches_the_vmap_form(mlp, batch):
+    # A one-device mesh types the shard's loss and ‖g‖ as varying along
+    # 'data' all the same, so the value_fn check and the state's average
+    # over devices run here (8 devices: tests/data_parallel/).
+    from jax import shard_map
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    params = mlp[0]
+    mesh = jax.make_mesh((1,), ("data",))
+    for inner in (_penalty_sam(), _hand_sam(lambda _: RHO)):
+        tx = floodax.m_sharpness(inner, 4, axis_name="data")
+        step = shard_map(
+            lambda p, s, b, tx=tx: _update(tx, p, b, s),
+            mesh=mesh,
+            in_specs=(P(), P(), P("data")),
+            out_specs=(P(), P()),
+        )
+        with jax.set_mesh(mesh):
+            shards = jax.device_put(batch, NamedSharding(mesh, P("data")))
+            out, state = jax.jit(step)(params, tx.init(params), shards)
+        ref, ref_state = _update(floodax.m_sharpness(inner, 4), params, batch)
+        assert_trees_allclose(out, ref, rtol=1e-13)
+        assert_trees_allclose(state, ref_state, rtol=1e-13)
