@@ -15,6 +15,7 @@ Writes benchmarks/results/m_sharpness.{md,json}.
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -97,6 +98,7 @@ def main() -> None:
             p, s = exe(p, s, batch)
         jax.block_until_ready(p)
         compiled[name], states[name] = exe, (p, s)
+    load_before = os.getloadavg()[0]
     times = {name: [] for name in configs}
     for _ in range(args.rounds):
         for name, exe in compiled.items():
@@ -107,6 +109,7 @@ def main() -> None:
             jax.block_until_ready(p)
             times[name].append((time.perf_counter() - start) / args.steps)
             states[name] = (p, s)
+    load = (load_before, os.getloadavg()[0])
     median = {name: float(np.median(t)) for name, t in times.items()}
     rows = [
         "| configuration | step (ms) | × gradient | × SAM | XLA flops × SAM |",
@@ -127,7 +130,9 @@ def main() -> None:
             f"Machine: {describe()}",
             f"MLP 32 → {args.width} → {args.width} → 1 (tanh), batch {args.batch}, "
             f"float32; medians of {args.rounds} interleaved rounds of "
-            f"{args.steps} steps.",
+            f"{args.steps} steps. Load average {load[0]:.1f} before the timed "
+            f"rounds, {load[1]:.1f} after, on {os.cpu_count()} cores: shared with "
+            "other jobs, so ratios are rough.",
             "",
             *rows,
             "",
@@ -145,6 +150,7 @@ def main() -> None:
             "median_seconds": median,
             "times": times,
             "flops": flops,
+            "load_average": load,
         },
     )
 

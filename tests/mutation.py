@@ -68,6 +68,10 @@ TESTS = {
         "tests/test_mixed_precision.py",
         "tests/test_inject.py",
     ],
+    "floodax/_m_sharpness.py": [
+        "tests/test_m_sharpness.py",
+        "tests/test_bad_input.py",
+    ],
     "floodax/_penalty.py": [
         "tests/test_bad_input.py",
         "tests/test_penalty.py",
