@@ -285,6 +285,9 @@ def m_sharpness(
         check_matching_trees(updates, params, _NAME)
         groups = _split_batch(batch, group_size)
         if names:
+            # psum of a constant is the axis size (no communication): it
+            # names the fix when no such axis is bound, before any cast.
+            axis_reduce(jax.lax.psum, 1, axis_name, _NAME)
             params = _per_device(params, names)
         first = jax.tree.map(lambda x: x[0], groups)
         fix = loss_output_fix(
