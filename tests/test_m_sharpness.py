@@ -197,6 +197,14 @@ def test_keeps_bfloat16():
     np.testing.assert_allclose(
         np.asarray(out["w"], np.float64), -0.1 * np.asarray(ref["w"]), rtol=rtol
     )
+    # A bfloat16 float state leaf (‖g‖ here) stays bfloat16 too.
+    hand = floodax.m_sharpness(_hand_sam(lambda _: 0.05), 2)
+    _, state = jax.jit(
+        lambda p: hand.update(
+            jax.grad(loss_fn)(p, x), hand.init(p), p, loss_fn=loss_fn, batch=x
+        )
+    )(params)
+    assert state.norm.dtype == dtype and state.count.dtype == jnp.int32
 
 
 def _sam_loop_fn(loss_fn, params, x, m, radius):
