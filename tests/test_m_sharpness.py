@@ -274,6 +274,10 @@ def test_bad_batches_and_losses(mlp, batch):
     for b, loss_fn, error, pattern in cases:
         with pytest.raises(error, match=pattern):
             tx.update(g, s, params, loss_fn=loss_fn, batch=b)
+    with pytest.raises(TypeError, match="needs `loss_fn`: call"):
+        tx.update(g, s, params, batch=batch, value_fn=lambda p: _loss(p, batch))
+    with pytest.raises(TypeError, match="needs `batch`: call"):
+        tx.update(g, s, params, loss_fn=_loss)
     with pytest.raises(TypeError, match="needs the current parameters"):
         tx.update(g, s, loss_fn=_loss, batch=batch)
     with pytest.raises(TypeError, match="`inner` must be an optax transformation"):
