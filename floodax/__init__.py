@@ -19,6 +19,7 @@ from floodax._flooding import class_levels as class_levels
 from floodax._flooding import flood as flood
 from floodax._flooding import flooded as flooded
 from floodax._flooding import iflooded as iflooded
+from floodax._m_sharpness import m_sharpness as m_sharpness
 from floodax._penalty import add_grad_norm_penalty as add_grad_norm_penalty
 from floodax._penalty import grad_norm_penalty as grad_norm_penalty
 from floodax._sam import SAMState as SAMState
@@ -77,6 +78,7 @@ __all__ = [
     "iflooded",
     "implicit_penalty",
     "loss_landscape",
+    "m_sharpness",
     "multi_steps",
     "sam",
     "softad",

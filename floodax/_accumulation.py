@@ -28,6 +28,12 @@ def _micro_batch_value_fn(params: Any) -> Any:
     )
 
 
+class MicroBatch:
+    """Stands in for the ``batch`` extra argument inside ``multi_steps``: one
+    micro-batch, while the updates there are the mean of all of them;
+    :func:`floodax.m_sharpness` refuses it."""
+
+
 def _varying_axes(x: Any) -> frozenset:
     """The mesh axes along which ``x`` differs between devices, as
     ``shard_map``'s ``check_vma`` types it (empty outside ``shard_map`` and
@@ -116,8 +122,10 @@ def multi_steps(
     penalty is the large batch's, exactly). To penalise each micro-batch
     instead, put the penalty before the accumulation:
     ``optax.chain(floodax.add_grad_norm_penalty(λ), floodax.multi_steps(inner,
-    k))`` averages ``∇(L_j + λ‖∇L_j‖²)`` over the micro-batches. Calls
-    without ``value`` are fine for an ``inner`` that does not need one.
+    k))`` averages ``∇(L_j + λ‖∇L_j‖²)`` over the micro-batches. A ``batch``
+    extra argument, :func:`m_sharpness`'s, is the micro-batch's as well, and
+    ``m_sharpness`` inside ``inner`` raises the same way. Calls without
+    ``value`` are fine for an ``inner`` that does not need one.
 
     Under ``shard_map`` (or a named ``vmap``), where each device passes its
     own loss with the global gradient, give ``multi_steps`` the
@@ -155,8 +163,8 @@ def multi_steps(
         ``optax.inject_hyperparams``, which takes any callable, ``jnp.float32``
         included, for a schedule.
       value_fn_is_large_batch: let transformations inside ``inner`` call the
-        ``value_fn`` passed to ``update`` (see above); only for a ``value_fn``
-        of the whole large batch.
+        ``value_fn`` (or read the ``batch``) passed to ``update`` (see
+        above); only for a ``value_fn`` (``batch``) of the whole large batch.
       axis_name: the name (or a tuple of names) of the mapped axes over which
         each device holds a shard of the micro-batch: ``value`` is averaged
         over them before it is accumulated (see above).
@@ -234,8 +242,11 @@ def multi_steps(
         value: chex.Array | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, MultiStepsState]:
-        if extra_args.get("value_fn") is not None and not value_fn_is_large_batch:
-            extra_args = {**extra_args, "value_fn": _micro_batch_value_fn}
+        if not value_fn_is_large_batch:
+            if extra_args.get("value_fn") is not None:
+                extra_args = {**extra_args, "value_fn": _micro_batch_value_fn}
+            if extra_args.get("batch") is not None:
+                extra_args = {**extra_args, "batch": MicroBatch()}
         before = state.inner
         if value is None:
             new_updates, after = accumulate.update(

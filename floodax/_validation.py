@@ -431,7 +431,9 @@ def check_value_fn_depends(
                 f"{transform}: `value_fn` must return a real floating-point "
                 f"scalar (the loss), got {kind}{fix}."
             )
-        return vjp(cotangent.astype(jnp.result_type(out)))
+        # ones_like carries the output's shard_map type: a per-device loss
+        # varies along the mesh axis, and so must its cotangent.
+        return vjp(cotangent.astype(jnp.result_type(out)) * jnp.ones_like(out))
 
     closed = jax.make_jaxpr(pullback)(params, jnp.ones([], jnp.float32))
     if not _depends_on(closed.jaxpr, closed.jaxpr.invars[-1:]):

@@ -74,6 +74,10 @@ TESTS = {
         "tests/test_sam.py",
         "tests/test_bad_input.py",
     ],
+    "floodax/_m_sharpness.py": [
+        "tests/test_m_sharpness.py",
+        "tests/test_bad_input.py",
+    ],
     "floodax/_penalty.py": [
         "tests/test_bad_input.py",
         "tests/test_penalty.py",

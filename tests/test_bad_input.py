@@ -39,6 +39,16 @@ def _scheduled_pairs():
         _, state = tx.update(G, state)
 
 
+def _m_sharpness_update(group_size=4, inner=None, examples=None, **extra_args):
+    sam = floodax.add_grad_norm_penalty(
+        0.05, power=1, method="finite_difference", radius=0.05
+    )
+    tx = floodax.m_sharpness(sam, group_size) if inner is None else inner(sam)
+    x = jnp.ones((64, 2)) if examples is None else examples
+    loss_fn = lambda p, b: jnp.mean((b @ p) ** 2)  # noqa: E731
+    return tx.update(G, tx.init(G), G, **{"loss_fn": loss_fn, "batch": x, **extra_args})
+
+
 def _per_device_multi_steps():
     # A one-device mesh: shard_map's check_vma types the loss of a sharded
     # batch as varying along 'data' all the same (8 devices: data_parallel/).
@@ -332,6 +342,51 @@ CASES = {
         TypeError,
         r"floodax.multi_steps: a transformation inside `inner` called `value_fn`, "
         r"the loss of one micro-batch.*before the accumulation",
+    ),
+    "bad `group_size`": (
+        [
+            lambda: floodax.m_sharpness(optax.identity(), 0),
+            lambda: floodax.m_sharpness(optax.identity(), 2.0),
+        ],
+        (TypeError, ValueError),
+        r"`group_size` must be an integer >= 1, got (0|float 2.0); it is the number",
+    ),
+    "batch size not a multiple of `group_size`": (
+        [lambda: _m_sharpness_update(3)],
+        ValueError,
+        r"`batch` has 64 examples, not a multiple of `group_size`=3, so 1 of them",
+    ),
+    "a `batch` without one batch axis": (
+        [
+            lambda: _m_sharpness_update(examples={"x": jnp.ones((16, 2)), "y": G}),
+            lambda: _m_sharpness_update(examples={"x": jnp.ones((16, 2)), "s": 1.0}),
+            lambda: _m_sharpness_update(examples={}),
+        ],
+        ValueError,
+        r"disagree on the batch size \(16 at \['x'\], 2 at \['y'\]\)|"
+        r"\['s'\] is a scalar; every leaf needs a leading batch axis|"
+        r"`batch` has no array leaves",
+    ),
+    "missing `loss_fn` or `batch`": (
+        [
+            lambda: _m_sharpness_update(loss_fn=None, value_fn=LOSS_FN),
+            lambda: _m_sharpness_update(batch=None),
+        ],
+        TypeError,
+        r"floodax.m_sharpness needs `(loss_fn|batch)`: call `tx.update\(grads, "
+        r"state, params, loss_fn=loss_fn, batch=batch\)`",
+    ),
+    "`m_sharpness` inside `multi_steps`": (
+        [
+            lambda: _m_sharpness_update(
+                inner=lambda sam: floodax.multi_steps(
+                    optax.chain(floodax.m_sharpness(sam, 4), optax.sgd(0.1)), 2
+                )
+            )
+        ],
+        TypeError,
+        r"inside floodax.multi_steps would perturb with the last micro-batch's "
+        r"groups.*Put it before the accumulation",
     ),
     "bad AdaFlood input": (
         [

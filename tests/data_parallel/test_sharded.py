@@ -11,6 +11,7 @@ import functools
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -581,6 +582,84 @@ def test_multi_steps_state_kept_per_device_when_the_layout_says_so(mesh):
         for a, b in zip(np.split(xb, N_DEVICES), np.split(yb, N_DEVICES), strict=True)
     ]
     np.testing.assert_allclose(state.value_mean, own, rtol=1e-6)
+
+
+class _NormState(NamedTuple):
+    norm: jax.Array  # float32, ‖g‖ of the gradient that perturbed
+
+
+def _sam_keeping_norm(radius):
+    """SAM written out, keeping ‖g‖ in its state: a float leaf that differs
+    between devices, so out_specs=P() needs it averaged over 'data'."""
+
+    def update(updates, state, params, *, value_fn, **extra_args):
+        del state, extra_args
+        norm = optax.tree.norm(updates)
+        shifted = jax.tree.map(lambda p, g: p + radius * g / norm, params, updates)
+        return jax.grad(value_fn)(shifted), _NormState(norm)
+
+    return optax.GradientTransformationExtraArgs(
+        lambda params: _NormState(jnp.zeros([], jnp.float32)), update
+    )
+
+
+def test_m_sharpness_per_device_is_google_research_sams(mesh):
+    # m = the per-device batch: each device's own gradient perturbs its copy
+    # (not pmean'd) and the perturbed gradients are pmean'd, as in
+    # google-research/sam's train_step (sam_jax/training_utils/flax_training.py).
+    x, y = _data()
+    params = _params()
+    batch = {"x": x, "y": y}
+    radius = 0.05
+
+    def loss_fn(p, b):
+        return _loss(p, b["x"], b["y"])
+
+    def per_device_reference():
+        perturbed, norms = [], []
+        for d in range(N_DEVICES):
+            xb, yb = (
+                x[d * PER_DEVICE : (d + 1) * PER_DEVICE],
+                y[d * PER_DEVICE :][:PER_DEVICE],
+            )
+            g = jax.grad(_loss)(params, xb, yb)
+            norm = np.sqrt(
+                sum(np.sum(np.asarray(v, np.float64) ** 2) for v in g.values())
+            )
+            noised = jax.tree.map(lambda a, v, n=norm: a + radius * v / n, params, g)
+            perturbed.append(jax.grad(_loss)(noised, xb, yb))
+            norms.append(norm)
+        return jax.tree.map(lambda *us: sum(us) / N_DEVICES, *perturbed), np.mean(norms)
+
+    expected, expected_norm = per_device_reference()
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    sam_penalty = floodax.add_grad_norm_penalty(
+        radius, power=1, method="finite_difference", radius=radius
+    )
+    for inner in (sam_penalty, _sam_keeping_norm(radius)):
+        tx = floodax.m_sharpness(inner, PER_DEVICE, axis_name="data")
+        step = jax.jit(
+            shard_map(
+                lambda p, s, b, tx=tx: tx.update(zeros, s, p, loss_fn=loss_fn, batch=b),
+                mesh=mesh,
+                in_specs=(P(), P(), P("data")),
+                out_specs=(P(), P()),
+            )
+        )
+        one = floodax.m_sharpness(inner, PER_DEVICE)
+        with jax.set_mesh(mesh):
+            updates, state = step(
+                _shard(mesh, params, P()),
+                _shard(mesh, tx.init(params), P()),
+                _shard(mesh, batch, P("data")),
+            )
+        ref, ref_state = jax.jit(
+            lambda p, s, b, one=one: one.update(zeros, s, p, loss_fn=loss_fn, batch=b)
+        )(params, one.init(params), batch)
+        _assert_close(updates, ref)
+        _assert_close(state, ref_state)
+        _assert_close(updates, expected, tol=1e-4)
+    np.testing.assert_allclose(state.norm, expected_norm, rtol=1e-5)
 
 
 def test_tpu_colab_notebook_runs_on_all_devices():
