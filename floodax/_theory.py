@@ -438,33 +438,59 @@ def _order_report(
     )
 
 
-class _ByIdentity:
-    """A callable as a static ``jit`` argument, compared and hashed by
-    identity, so any loss (hashable or not) keys the compile cache."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-
-    def __hash__(self) -> int:
-        return id(self.fn)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _ByIdentity) and other.fn is self.fn
+_PURE_LOSSES: set = set()
+_PURE_CACHE: dict = {}
 
 
-@functools.partial(jax.jit, static_argnames=("endpoints", "loss_fn", "options"))
-def _compiled_rung(
-    params: Any,
-    args: tuple,
-    descent_rate: jax.Array,
-    ascent_rate: jax.Array,
-    *,
+def pure_loss(loss_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks ``loss_fn`` as a function of its arguments alone (no closure,
+    no global that changes), so its compiled rungs may be kept across calls;
+    for floodax's own losses (``floodax verify``'s MLP), never a user's."""
+    _PURE_LOSSES.add(loss_fn)
+    return loss_fn
+
+
+def _compiled(
     endpoints: Callable[..., tuple[Any, Any, Any]],
-    loss_fn: _ByIdentity,
-    options: tuple,
-) -> tuple[Any, Any, Any]:
-    value_fn = functools.partial(_apply, loss_fn.fn, args)
-    return endpoints(value_fn, params, descent_rate, ascent_rate, **dict(options))
+    loss_fn: Callable[..., Any],
+    options: dict,
+) -> Callable[..., tuple[Any, Any, Any]]:
+    if loss_fn in _PURE_LOSSES:
+        key = (endpoints, loss_fn, tuple(sorted(options.items())))
+        if key not in _PURE_CACHE:
+            _PURE_CACHE[key] = _compile(endpoints, loss_fn, options)
+        return _PURE_CACHE[key]
+    return _compile(endpoints, loss_fn, options)
+
+
+def _compile(
+    endpoints: Callable[..., tuple[Any, Any, Any]],
+    loss_fn: Callable[..., Any],
+    options: dict,
+) -> Callable[..., tuple[Any, Any, Any]]:
+    """``endpoints`` (real step(s), prediction, baseline) for ``loss_fn`` as
+    a function of ``(params, args, descent_rate, ascent_rate)``, in the
+    parameters' dtype, compiled once for the rungs of one call. Not cached
+    across calls: the same ``loss_fn`` object may close over a variable
+    that has been rebound since (a new batch, a new scale), and a program
+    compiled for the old value would silently answer for it."""
+
+    def run(params: Any, args: tuple, descent_rate: Any, ascent_rate: Any) -> Any:
+        value_fn = functools.partial(_apply, loss_fn, args)
+        return endpoints(value_fn, params, descent_rate, ascent_rate, **options)
+
+    compiled = jax.jit(run)
+
+    def rung(params: Any, args: tuple, descent_rate: Any, ascent_rate: Any) -> Any:
+        dtype = highest_dtype(params)
+        return compiled(
+            params,
+            args,
+            jnp.asarray(descent_rate, dtype),
+            jnp.asarray(ascent_rate, dtype),
+        )
+
+    return rung
 
 
 def _rung(
@@ -476,18 +502,9 @@ def _rung(
     ascent_rate: Any,
     options: dict,
 ) -> tuple[Any, Any, Any]:
-    """``endpoints`` (real step(s), prediction, baseline) at one pair of
-    rates, in the parameters' dtype. It is compiled once per loss, options
-    and dtypes: every rung of every ladder, and the single checks, reuse it."""
-    dtype = highest_dtype(params)
-    return _compiled_rung(
-        params,
-        args,
-        jnp.asarray(descent_rate, dtype),
-        jnp.asarray(ascent_rate, dtype),
-        endpoints=endpoints,
-        loss_fn=_ByIdentity(loss_fn),
-        options=tuple(sorted(options.items())),
+    """``endpoints`` at one pair of rates (a single check)."""
+    return _compiled(endpoints, loss_fn, options)(
+        params, args, descent_rate, ascent_rate
     )
 
 
@@ -509,8 +526,9 @@ def _ladder_order(
     """Runs ``endpoints`` over the ladder and fits the orders of both errors."""
     descent_rates = largest_rate * shrink ** np.arange(num_rates)
     ascent_rates = ratio * descent_rates
+    rung = _compiled(endpoints, loss_fn, options)
     rungs = [
-        _rung(endpoints, loss_fn, params, args, e1, e2, options)
+        rung(params, args, e1, e2)
         for e1, e2 in zip(descent_rates, ascent_rates, strict=True)
     ]
     level, dtype = _rounding_level(params, [steps for steps, _, _ in rungs], substeps)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from floodax._progress import Progress, progress_bar
-from floodax._theory import OrderReport, equivalence_order, flow_order
+from floodax._theory import OrderReport, equivalence_order, flow_order, pure_loss
 
 TOLERANCE = 0.2
 DERIVATION_ORDER = 3.0
@@ -51,6 +51,7 @@ SCHEMES = (
 )
 
 
+@pure_loss
 def _mlp_loss(params, x, y):
     hidden = jnp.tanh(x @ params["w1"] + params["b1"])
     logits = hidden @ params["w2"] + params["b2"]

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from floodax._theory import pure_loss
+
 
 def assert_trees_allclose(actual, desired, *, rtol=1e-12, atol=0.0):
     """Asserts two pytrees have the same structure, dtypes and close leaves."""
@@ -37,6 +39,9 @@ def mlp_example_losses(params, x, y):
     return (hidden @ params["w2"] - y) ** 2
 
 
+# A function of its arguments alone: the theory checks may keep its compiled
+# rungs across calls, as they do for `floodax verify`'s loss.
+@pure_loss
 def mlp_loss(params, x, y):
     """Mean squared error of :func:`mlp_params`' model."""
     return jnp.mean(mlp_example_losses(params, x, y))

@@ -551,25 +551,42 @@ def test_flow_rounding_floor_lies_below_the_level():
     # substep.
     from floodax._theory import (
         ROUNDING_ULPS,
+        _compiled,
         _distance,
         _flow_endpoints,
         _rounding_level,
-        _rung,
     )
 
     with jax.enable_x64(True):
         params, x, y = _verify._problem(0)
         options = {"ascent_first": False, "substeps": 50}
-        rungs = [
-            _rung(_flow_endpoints, _verify._mlp_loss, params, (x, y), e1, 0.0, options)
-            for e1 in 1e-9 * 0.7 ** np.arange(8)
-        ]
+        rung = _compiled(_flow_endpoints, _verify._mlp_loss, options)
+        rungs = [rung(params, (x, y), e1, 0.0) for e1 in 1e-9 * 0.7 ** np.arange(8)]
         errors = np.array([float(_distance(s, m)) for s, m, _ in rungs])
         level, _ = _rounding_level(params, [s for s, _, _ in rungs], 50)
         single, _ = _rounding_level(params, [s for s, _, _ in rungs])
     assert level == pytest.approx(single * (ROUNDING_ULPS + 25) / ROUNDING_ULPS)
     assert errors.max() < level
     assert errors.max() > single
+
+
+def test_a_loss_whose_closure_changed_is_checked_again(x64):
+    # The same function object, its closed-over scale rebound between calls:
+    # the second check must see the new loss (a program compiled for the
+    # first and cached by the function's identity would not).
+    scale = 1.0
+
+    def loss(w):
+        return scale * jnp.sum(w**4)
+
+    w = jnp.array([1.0, 0.5])
+    first = floodax.check_equivalence(loss, w, 0.01, 0.005).derivation_error
+    scale = 3.0
+    again = floodax.check_equivalence(loss, w, 0.01, 0.005).derivation_error
+    fresh = floodax.check_equivalence(
+        lambda v: 3.0 * jnp.sum(v**4), w, 0.01, 0.005
+    ).derivation_error
+    assert again == fresh != first
 
 
 def _sum_of_leaves(params, *args):
