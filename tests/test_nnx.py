@@ -1,7 +1,7 @@
 """floodax.nnx and floodax.linen.value_and_grad: extra passes leave the model alone.
 
 A model with batch norm and dropout, trained with the transformations that
-evaluate ``value_fn`` again (the penalty, SAM's form of it, ``alternate``
+evaluate ``value_fn`` again (the penalty, ``floodax.sam``, ``alternate``
 within one call): after one step the batch statistics and random streams
 must equal those of a plain step exactly (the extra passes change nothing),
 and the update must equal the one computed independently, in float64, from
@@ -33,9 +33,8 @@ import floodax.nnx  # noqa: E402
 STRENGTH, RHO, EPS1, EPS2 = 0.05, 0.05, 0.3, 0.1
 TRANSFORMS = {
     "penalty": lambda: floodax.add_grad_norm_penalty(STRENGTH),
-    "SAM": lambda: floodax.add_grad_norm_penalty(
-        RHO, power=1, method="finite_difference", radius=RHO
-    ),
+    # floodax.sam; test_sam.py shows it is the penalty's power-1 form too.
+    "SAM": lambda: floodax.sam(RHO),
     "alternate": lambda: floodax.alternate(EPS1, EPS2),
 }
 
