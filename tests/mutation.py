@@ -352,6 +352,8 @@ def _run_tests(
         "no:cacheprovider",
         "-p",
         "no:randomly",
+        "-n",
+        "0",
         "--doctest-modules",
         path,
         *tests,

@@ -39,6 +39,8 @@ def test_data_parallel_suite_on_8_devices():
             "-q",
             "-p",
             "no:cacheprovider",
+            "-n",
+            "0",  # the 8 devices are this process's; no xdist workers
             "tests/data_parallel",
         ],
         cwd=ROOT,
