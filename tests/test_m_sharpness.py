@@ -81,10 +81,17 @@ def batch(mlp):
     return {"x": x, "y": y}
 
 
-@pytest.mark.parametrize(("inner", "m"), [("penalty", 1), ("hand", 4), ("penalty", 16)])
+INNER = {
+    "penalty": _penalty_sam,
+    "hand": lambda: _hand_sam(lambda _: RHO),
+    "sam": lambda: floodax.sam(RHO),
+}
+
+
+@pytest.mark.parametrize(("inner", "m"), [("penalty", 1), ("hand", 4), ("sam", 16)])
 def test_matches_a_loop_over_groups(mlp, batch, m, inner):
     params = mlp[0]
-    sam = _penalty_sam() if inner == "penalty" else _hand_sam(lambda _: RHO)
+    sam = INNER[inner]()
     out, _ = jax.jit(lambda p, b: _update(floodax.m_sharpness(sam, m), p, b))(
         params, batch
     )
