@@ -73,6 +73,8 @@ TESTS = {
     "floodax/_sam.py": [
         "tests/test_sam.py",
         "tests/test_bad_input.py",
+        "tests/test_inject.py",
+        "tests/test_mixed_precision.py",
     ],
     "floodax/_m_sharpness.py": [
         "tests/test_m_sharpness.py",
