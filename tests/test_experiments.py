@@ -217,8 +217,14 @@ def test_bad_dataset_arguments():
 # ---------------------------------------------------------- model, training
 
 
+@functools.cache
+def _paper_mlp():
+    """The paper's MLP (4 x 500), built once for the tests that only read it."""
+    return MLP(2, 3, rngs=nnx.Rngs(0))
+
+
 def test_mlp_has_the_papers_structure():
-    model = MLP(2, 3, rngs=nnx.Rngs(0))
+    model = _paper_mlp()
     assert len(model.linears) == 4 and len(model.norms) == 4
     assert all(linear.bias is None for linear in model.linears)
     assert model.linears[1].kernel.shape == (500, 500)
@@ -228,7 +234,7 @@ def test_mlp_has_the_papers_structure():
 
 def test_mlp_initialisation_is_pytorchs_linear_default():
     # nn.Linear: weights and biases uniform on ±1/√fan_in (variance 1/(3·fan_in)).
-    model = MLP(2, 3, rngs=nnx.Rngs(0))
+    model = _paper_mlp()
     for layer, fan_in in ((model.linears[1], 500), (model.out, 500)):
         w = np.asarray(layer.kernel[...])
         bound = 1 / np.sqrt(fan_in)
