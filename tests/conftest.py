@@ -13,12 +13,11 @@ inherit it.
 from __future__ import annotations
 
 import os
-import types
 
 import jax
 import pytest
 
-from tests.helpers import Terminal, mlp_params, regression_data
+from tests.helpers import draw_on_terminal, mlp_params, regression_data
 
 # Importing compiles nothing, so this comes in time for every program.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
@@ -47,12 +46,5 @@ def mlp(x64):
 def terminal(monkeypatch):
     """The progress bars' standard error as a terminal of 500 columns
     (:class:`tests.helpers.Terminal`), with every update drawn; returns it to
-    read what was drawn. (pytest's capture sets ``sys.stderr`` again when a
-    test starts, so the bars' module gets a ``sys`` of its own.)"""
-    from floodax import _progress
-
-    stream = Terminal()
-    monkeypatch.setattr(_progress, "sys", types.SimpleNamespace(stderr=stream))
-    monkeypatch.setattr(_progress, "REDRAW_SECONDS", 0.0)
-    monkeypatch.setenv("COLUMNS", "500")
-    return stream
+    read what was drawn (:func:`tests.helpers.draw_on_terminal`)."""
+    return draw_on_terminal(monkeypatch)

@@ -78,6 +78,23 @@ class Terminal(io.StringIO):
         return True
 
 
+def draw_on_terminal(monkeypatch) -> Terminal:
+    """Makes the progress bars' standard error a :class:`Terminal` of 500
+    columns, with every update drawn, through ``monkeypatch`` (a
+    ``pytest.MonkeyPatch``); returns it to read what was drawn. (pytest's
+    capture sets ``sys.stderr`` again when a test starts, so the bars'
+    module gets a ``sys`` of its own.)"""
+    import types
+
+    from floodax import _progress
+
+    stream = Terminal()
+    monkeypatch.setattr(_progress, "sys", types.SimpleNamespace(stderr=stream))
+    monkeypatch.setattr(_progress, "REDRAW_SECONDS", 0.0)
+    monkeypatch.setenv("COLUMNS", "500")
+    return stream
+
+
 _BAR = re.compile(r"^(.*?): +\d+% \|[#.]*\| (\d+)/(\d+) \[")
 
 

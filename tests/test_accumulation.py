@@ -63,14 +63,18 @@ def test_accumulated_flooding_equals_flooding_the_large_batch(mlp, k, make_opt):
         updates, state = tx.update(grads, state, p, value=loss)
         return optax.apply_updates(p, updates), state
 
+    @jax.jit
+    def full_step(p, state):
+        loss, grads = jax.value_and_grad(mlp_loss)(p, x, y)
+        updates, state = full.update(grads, state, p, value=loss)
+        return optax.apply_updates(p, updates), state, loss
+
     ascents = 0
     for _ in range(40):
         for xb, yb in micro:
             p, state = micro_step(p, state, xb, yb)
-        loss, grads = jax.value_and_grad(mlp_loss)(p_full, x, y)
+        p_full, full_state, loss = full_step(p_full, full_state)
         ascents += int(loss < b)
-        updates, full_state = full.update(grads, full_state, p_full, value=loss)
-        p_full = optax.apply_updates(p_full, updates)
         assert_trees_allclose(p, p_full, rtol=1e-11, atol=1e-14)
     assert 0 < ascents < 40  # the run crossed the level
     assert int(state.inner.inner_opt_state[0].ascent_count) == ascents
@@ -197,10 +201,12 @@ def test_checkpoint_mid_accumulation_resumes_bitwise(tmp_path):
     g = jnp.array([1.0, -0.5])
     values = [0.9, 0.2, 0.4, 0.7, 0.1, 0.3, 0.8]
 
+    update = jax.jit(tx.update)  # compiled once, for every call of run()
+
     def run(state, vs):
         out = []
         for v in vs:
-            updates, state = tx.update(g * v, state, value=jnp.float32(v))
+            updates, state = update(g * v, state, value=jnp.float32(v))
             out.append(updates)
         return out, state
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,6 +63,19 @@ def _step_fn(tx, x, y):
     return step
 
 
+@functools.cache
+def _uninterrupted(name):
+    """The problem, ``name``'s transformation, its compiled step and the
+    30 steps run without a stop: computed once, shared by every split."""
+    params, x, y = _problem()
+    tx = TRANSFORMS[name]()
+    step = _step_fn(tx, x, y)
+    p, s = params, tx.init(params)
+    for _ in range(30):
+        p, s = step(p, s)
+    return params, tx, step, p
+
+
 def _save_restore(path, tree):
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(path, tree)
@@ -75,15 +90,7 @@ def _save_restore(path, tree):
 # backstitch cycle (a pair, then two plain steps) in its middle.
 @pytest.mark.parametrize("split", [12, 13, 14])
 def test_stop_save_restore_resume_is_bitwise_identical(tmp_path, name, split):
-    params, x, y = _problem()
-    tx = TRANSFORMS[name]()
-    step = _step_fn(tx, x, y)
-
-    p, s = params, tx.init(params)
-    for _ in range(30):
-        p, s = step(p, s)
-    uninterrupted = p
-
+    params, tx, step, uninterrupted = _uninterrupted(name)
     p, s = params, tx.init(params)
     for _ in range(split):
         p, s = step(p, s)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
 import json
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +37,11 @@ from floodax.experiments.datasets import (  # noqa: E402
 from floodax.experiments.demo import warnings_for  # noqa: E402
 from floodax.experiments.models import PyTorchBatchNorm  # noqa: E402
 from floodax.experiments.training import History, select_flood_level  # noqa: E402
-from tests.helpers import assert_counts_every_unit, bars  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    assert_counts_every_unit,
+    bars,
+    draw_on_terminal,
+)
 
 # ----------------------------------------------------------------- datasets
 
@@ -209,8 +217,14 @@ def test_bad_dataset_arguments():
 # ---------------------------------------------------------- model, training
 
 
+@functools.cache
+def _paper_mlp():
+    """The paper's MLP (4 x 500), built once for the tests that only read it."""
+    return MLP(2, 3, rngs=nnx.Rngs(0))
+
+
 def test_mlp_has_the_papers_structure():
-    model = MLP(2, 3, rngs=nnx.Rngs(0))
+    model = _paper_mlp()
     assert len(model.linears) == 4 and len(model.norms) == 4
     assert all(linear.bias is None for linear in model.linears)
     assert model.linears[1].kernel.shape == (500, 500)
@@ -220,7 +234,7 @@ def test_mlp_has_the_papers_structure():
 
 def test_mlp_initialisation_is_pytorchs_linear_default():
     # nn.Linear: weights and biases uniform on ±1/√fan_in (variance 1/(3·fan_in)).
-    model = MLP(2, 3, rngs=nnx.Rngs(0))
+    model = _paper_mlp()
     for layer, fan_in in ((model.linears[1], 500), (model.out, 500)):
         w = np.asarray(layer.kernel[...])
         bound = 1 / np.sqrt(fan_in)
@@ -230,7 +244,8 @@ def test_mlp_initialisation_is_pytorchs_linear_default():
         )
     bias = np.asarray(model.out.bias[...])
     assert np.abs(bias).max() <= 1 / np.sqrt(500) and np.any(bias != 0)
-    flax_model = MLP(2, 3, init="flax", rngs=nnx.Rngs(0))
+    # Flax's initialisation leaves the biases at zero, at any width.
+    flax_model = MLP(2, 3, width=8, depth=1, init="flax", rngs=nnx.Rngs(0))
     assert np.all(np.asarray(flax_model.out.bias[...]) == 0)
 
 
@@ -344,26 +359,85 @@ TRAIN_FIELDS = (
 )
 
 
-@pytest.mark.parametrize("patience", [None, 3])
-def test_sequential_sweep_is_bit_for_bit_train(patience):
-    # The demo's replays rest on this: train() at a level runs the very
-    # computation the sequential sweep ran for it, so a result reported from
-    # a replay is the run that chose the level.
+_COUNTERS: list = []
+_LISTENING: list = []
+
+
+def _count_compiles(event, duration, **kwargs):
+    del duration
+    if _COUNTERS and event == "/jax/core/compile/backend_compile_duration":
+        _COUNTERS[-1][kwargs.get("fun_name")] += 1
+
+
+@contextlib.contextmanager
+def _compile_counts():
+    """Counts XLA compilations per jitted function name inside the block."""
+    from jax import monitoring
+
+    if not _LISTENING:
+        # One listener for the session: jax before 0.8.1 cannot unregister
+        # one; it counts only while a block is open.
+        monitoring.register_event_duration_secs_listener(_count_compiles)
+        _LISTENING.append(_count_compiles)
+    counts = collections.Counter()
+    _COUNTERS.append(counts)
+    try:
+        yield counts
+    finally:
+        _COUNTERS.pop()
+
+
+LEVELS = (0.0, 0.3, 0.5)
+
+
+class _Compared(NamedTuple):
+    sweeps: dict  # "vmapped" and "sequential": their SweepResult
+    singles: list  # train() at each level
+    drawn: dict  # what each sweep's bar drew on a terminal
+    compiles: dict  # "vmapped", "sequential", "train": compilations per call
+
+
+@functools.cache
+def _compared_runs(patience) -> _Compared:
+    """The three levels trained by a sequential sweep, a vmapped sweep and
+    :func:`train` one level at a time, with early stopping after
+    ``patience`` epochs or none: run once, for the tests that compare them."""
     data, model = _small()
     config = TrainConfig(
-        epochs=8,
+        epochs=15,
         optimizer="adam",
         learning_rate=0.05,
         batch_size=16,
         early_stopping_patience=patience,
     )
-    levels = [0.0, 0.3, 0.5]
-    sweep = sweep_flood_levels(
-        model, data, config, levels, vectorized=False, progress=False
-    )
+    sweeps, drawn, compiles = {}, {}, {"train": []}
+    for strategy in ("vmapped", "sequential"):
+        with pytest.MonkeyPatch.context() as monkeypatch, _compile_counts() as counts:
+            terminal = draw_on_terminal(monkeypatch)
+            sweeps[strategy] = sweep_flood_levels(
+                model, data, config, LEVELS, vectorized=strategy == "vmapped"
+            )
+        drawn[strategy], compiles[strategy] = terminal.getvalue(), [counts]
+    singles = []
+    for b in LEVELS:
+        with _compile_counts() as counts:
+            singles.append(
+                train(model, data, config, flood_level=b, test_every=3, progress=False)
+            )
+        compiles["train"].append(counts)
+    return _Compared(sweeps, singles, drawn, compiles)
+
+
+@pytest.mark.parametrize("patience", [None, 2])
+def test_sequential_sweep_is_bit_for_bit_train(patience):
+    # The demo's replays rest on this: train() at a level runs the very
+    # computation the sequential sweep ran for it, so a result reported from
+    # a replay is the run that chose the level.
+    sweeps, singles, _, _ = _compared_runs(patience)
+    sweep = sweeps["sequential"]
     assert not sweep.vectorized
-    for i, b in enumerate(levels):
-        single = train(model, data, config, flood_level=b, test_every=3, progress=False)
+    for i, single in enumerate(singles):
+        assert single.flood_level == LEVELS[i]
         run = len(single.history.step_loss)
         for field in TRAIN_FIELDS:
             np.testing.assert_array_equal(
@@ -375,22 +449,21 @@ def test_sequential_sweep_is_bit_for_bit_train(patience):
     assert sweep.ascent_share[0] == 0 and sweep.ascent_share[2] > 0.2
 
 
-def test_vmapped_sweep_agrees_with_individual_runs_over_a_short_run():
+@pytest.mark.parametrize("patience", [None, 2])
+def test_vmapped_sweep_agrees_with_individual_runs_over_a_short_run(patience):
     # Batched matrix products round differently, so a vmapped run agrees with
     # the same level trained alone to rounding (over a long run they can
     # drift apart: benchmarks/sweep_drift.md).
-    data, model = _small()
-    config = TrainConfig(epochs=12, optimizer="adam", learning_rate=0.01, batch_size=16)
-    levels = [0.0, 0.3, 0.5]
-    sweep = sweep_flood_levels(
-        model, data, config, levels, vectorized=True, progress=False
-    )
+    sweeps, singles, _, _ = _compared_runs(patience)
+    sweep = sweeps["vmapped"]
     assert sweep.vectorized
-    for i, b in enumerate(levels):
-        single = train(model, data, config, flood_level=b, progress=False)
+    if patience is None:  # every run trained every epoch
+        assert sweep.history.train_loss.shape == (3, 15)
+    for i, single in enumerate(singles):
+        run = len(single.history.step_loss)
         for field in ("train_loss", "val_loss", "val_accuracy", "ascent_share"):
             np.testing.assert_allclose(
-                getattr(sweep.history, field)[i],
+                getattr(sweep.history, field)[i, :run],
                 getattr(single.history, field),
                 atol=1e-5,
             )
@@ -401,28 +474,18 @@ def test_vmapped_sweep_agrees_with_individual_runs_over_a_short_run():
 
 
 @pytest.mark.parametrize("patience", [None, 2])
-def test_sequential_sweep_equals_vmapped_sweep(patience, terminal):
-    data, model = _small()
-    config = TrainConfig(
-        epochs=15,
-        optimizer="adam",
-        learning_rate=0.05,
-        batch_size=16,
-        early_stopping_patience=patience,
-    )
-    levels = [0.0, 0.3, 0.5]
-    vmapped = sweep_flood_levels(model, data, config, levels, vectorized=True)
-    drawn = {"vmapped": bars(terminal.getvalue())["3 flood levels"]}
-    terminal.seek(0), terminal.truncate()
-    sequential = sweep_flood_levels(model, data, config, levels, vectorized=False)
-    drawn["sequential"] = bars(terminal.getvalue())["3 flood levels"]
+def test_sequential_sweep_equals_vmapped_sweep(patience):
+    sweeps, _, drawn, _ = _compared_runs(patience)
+    vmapped, sequential = sweeps["vmapped"], sweeps["sequential"]
     # One bar for the sweep, a unit per epoch of a level, 3 x 15 in all; the
     # epochs early stopping skips count as done, so the bar reaches its total.
     for strategy, step in (("vmapped", 3), ("sequential", 1)):
-        steps = assert_counts_every_unit(drawn[strategy], 3 * 15)
+        steps = assert_counts_every_unit(
+            bars(drawn[strategy])["3 flood levels"], 3 * 15
+        )
         assert steps == {step} if patience is None else step in steps
         assert all(s % step == 0 for s in steps)
-    assert "level 3 of 3, b=0.5" in terminal.getvalue()
+    assert "level 3 of 3, b=0.5" in drawn["sequential"]
     for a, b in zip(vmapped.history, sequential.history, strict=True):
         if a is None:  # a sweep evaluates the test split only at the end
             assert b is None
@@ -537,16 +600,18 @@ def test_early_stopping_freezes_the_run():
     assert np.all(h.val_clean_accuracy[-2:] <= h.val_clean_accuracy[:-2].max())
     assert result.steps == stop
     assert not np.isnan(h.test_accuracy[-1])  # tested where it stopped
-    sweep = sweep_flood_levels(model, data, config, [0.0, 0.2], progress=False)
-    active = sweep.history.active
-    # Stopped runs keep their metrics frozen.
-    for i in range(2):
-        idle = np.flatnonzero(~active[i])
-        if len(idle):
-            assert np.all(
-                sweep.history.val_loss[i, idle]
-                == sweep.history.val_loss[i, idle[0] - 1]
-            )
+    # Stopped runs of a sweep keep their metrics frozen; some level of these
+    # sweeps (patience 2) stopped before the others.
+    for sweep in _compared_runs(2).sweeps.values():
+        active = sweep.history.active
+        assert not np.all(active)
+        for i in range(len(LEVELS)):
+            idle = np.flatnonzero(~active[i])
+            if len(idle):
+                assert np.all(
+                    sweep.history.val_loss[i, idle]
+                    == sweep.history.val_loss[i, idle[0] - 1]
+                )
 
 
 def test_heldout_losses_never_see_their_own_example(terminal):
@@ -660,51 +725,12 @@ def test_adaflood_arguments_are_checked():
         heldout_losses(model, data, TrainConfig(epochs=1), num_folds=40)
 
 
-_COUNTERS: list = []
-
-
-def _count_compiles(event, duration, **kwargs):
-    del duration
-    if _COUNTERS and event == "/jax/core/compile/backend_compile_duration":
-        _COUNTERS[-1][kwargs.get("fun_name")] += 1
-
-
-@pytest.fixture(scope="session")
-def _compile_listener():
-    # One listener for the session: jax before 0.8.1 cannot unregister one.
-    from jax import monitoring
-
-    monitoring.register_event_duration_secs_listener(_count_compiles)
-
-
-@pytest.fixture
-def compile_counts(_compile_listener):
-    """Counts XLA compilations per jitted function name while a test runs."""
-    import collections
-
-    _COUNTERS.append(collections.Counter())
-    yield _COUNTERS[-1]
-    _COUNTERS.pop()
-
-
 @pytest.mark.parametrize("run", ["train", "vmapped", "sequential"])
-def test_early_stopping_compiles_the_epoch_once(compile_counts, run):
-    data, model = _small()
-    config = TrainConfig(
-        epochs=6, optimizer="adam", learning_rate=0.05, early_stopping_patience=4
-    )
-    if run == "train":
-        train(model, data, config, progress=False)
-    else:
-        sweep_flood_levels(
-            model,
-            data,
-            config,
-            [0.0, 0.2],
-            progress=False,
-            vectorized=run == "vmapped",
-        )
-    assert compile_counts["jit(epoch)"] == 1, dict(compile_counts)
+def test_early_stopping_compiles_the_epoch_once(run):
+    # Counted while _compared_runs(2) trained, with early stopping: each of
+    # its sweeps and each train() call compiled its epoch function once.
+    for counts in _compared_runs(2).compiles[run]:
+        assert counts["jit(epoch)"] == 1, dict(counts)
 
 
 @pytest.mark.parametrize(
@@ -901,14 +927,19 @@ def test_linen_train_state_with_flooded_loss_equals_flood_transformation():
     # The same run through the transformation, calling tx.update directly.
     tx = optax.chain(floodax.flood(b), optax.adam(0.05))
     opt_state, p = tx.init(params), params
-    ascended = 0
-    for _ in range(40):
+
+    @jax.jit
+    def step(state, opt_state, p):
         grads = jax.grad(lambda q: floodax.flooded(loss_fn(q), b))(state.params)
         state = state.apply_gradients(grads=grads)
         loss, raw = jax.value_and_grad(loss_fn)(p)
-        ascended += int(loss < b)
         updates, opt_state = tx.update(raw, opt_state, p, value=loss)
-        p = optax.apply_updates(p, updates)
+        return state, opt_state, optax.apply_updates(p, updates), loss
+
+    ascended = 0
+    for _ in range(40):
+        state, opt_state, p, loss = step(state, opt_state, p)
+        ascended += int(loss < b)
         jax.tree.map(
             lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6),
             state.params,
