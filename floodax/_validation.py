@@ -384,6 +384,7 @@ Build `value_fn` so that the loss is computed from the parameters it is given:
                   (by hand: graphdef, _, rest = nnx.split(model, nnx.Param, ...)
                   before the loss pass, then value_fn=lambda p: loss_fn(
                   nnx.merge(graphdef, p, nnx.as_pure(rest), copy=True), batch))
+                  (nnx.pure in Flax 0.12.0)
 (NNX's `optimizer.update(model, grads, value_fn=...)` passes the model's
 `nnx.Param` state as `p`; a lambda that calls the model itself never reads
 it. The extra passes run on a copy of the model, so they leave its batch

@@ -26,6 +26,10 @@ except ImportError as error:
 
 __all__ = ["value_and_grad"]
 
+# The values of a State's Variables: `nnx.as_pure` since Flax 0.12.1 (or so),
+# `nnx.pure` in Flax 0.12.0, the minimum floodax supports.
+_as_pure = getattr(nnx, "as_pure", None) or nnx.pure
+
 
 def value_and_grad(
     loss_fn: Callable[..., Any],
@@ -110,7 +114,7 @@ def value_and_grad(
     # updates in place; the pure arrays are the values before it. copy=True
     # below also keeps a `params` of Variables (the model's own nnx.State,
     # rather than optimizer.update's arrays) out of the copies.
-    rest = nnx.as_pure(rest)
+    rest = _as_pure(rest)
 
     def value_fn(params: Any) -> Any:
         out = loss_fn(nnx.merge(graphdef, params, rest, copy=True), *args)
