@@ -303,6 +303,9 @@ def mean_over_examples(
         weight = jnp.broadcast_to(jnp.asarray(weights, accumulate), losses.shape)
     if mask is not None:
         weight = jnp.where(mask, weight, jnp.zeros((), accumulate))
+        # A masked entry's level may be NaN (`class_levels` of a padding
+        # label under `jit`): its term must not reach the sum, even times 0.
+        terms = jnp.where(mask, terms, jnp.zeros((), accumulate))
     total, count = jnp.sum(weight * terms), jnp.sum(weight)
     if axis_name is not None:
         # One psum each: jax 0.8.0 fails an internal assertion when it

@@ -83,8 +83,11 @@ def _state_mean(leaf: jax.Array) -> jax.Array:
     if not jnp.issubdtype(leaf.dtype, jnp.inexact):
         return first
     acc = jnp.promote_types(leaf.dtype, jnp.float32)
-    shift = jnp.mean(leaf.astype(acc) - first.astype(acc), axis=0)
-    return (first.astype(acc) + shift).astype(leaf.dtype)
+    same = leaf == first  # an infinite common value: ∞ − ∞ would be NaN
+    shift = jnp.mean(jnp.where(same, 0, leaf.astype(acc) - first.astype(acc)), axis=0)
+    return jnp.where(
+        jnp.all(same, axis=0), first, (first.astype(acc) + shift).astype(leaf.dtype)
+    )
 
 
 def _per_device(params: Any, names: tuple[str, ...]) -> Any:
@@ -132,7 +135,10 @@ def m_sharpness(
     function of the parameters, ``inner.update(grads, state, params,
     value_fn=...)``: :func:`floodax.sam`, :func:`floodax.gsam`,
     ``floodax.add_grad_norm_penalty(ρ, power=1, method="finite_difference",
-    radius=ρ)`` (SAM's update), or a chain starting with one. It runs on each
+    radius=ρ)`` (SAM's update), or a chain starting with one whose other
+    members are linear (a scale): an optimizer inside would be applied per
+    group and averaged (Adam's moments of per-group gradients), a different
+    optimizer; keep it after ``m_sharpness``. It runs on each
     group as if the group were the whole batch: its updates are the group's
     gradient, ``value_fn`` and ``value`` the group's loss (other extra
     arguments pass through), all groups at once under ``jax.vmap``. Each

@@ -88,6 +88,12 @@ def _require_value_fn(value_fn: Any, params: Any, updates: Any, name: str) -> No
     check_value_fn_depends(value_fn, params, name)
 
 
+def _nonnegative(rho: Any) -> jax.Array:
+    """``rho``, or NaN where it is negative."""
+    rho = jnp.asarray(rho)
+    return jnp.where(rho >= 0, rho, jnp.nan)
+
+
 def _inverse(norm: jax.Array, eps: Any) -> jax.Array:
     """``1/(‖v‖ + eps)``, and 0 where that is 0 (``v = 0``, ``eps = 0``)."""
     denominator = norm + jnp.asarray(eps, norm.dtype)
@@ -120,7 +126,17 @@ def sam(
     perturbed point, given the loss function of the parameters as
     ``value_fn`` (as :func:`floodax.add_grad_norm_penalty` does). It must
     come first in a chain, where the updates are still the raw gradient of
-    ``value_fn``; any optimizer follows it.
+    ``value_fn``; any optimizer follows it. Nothing checks this: the
+    incoming updates only set the direction of ``ε``, so a clip, a weight
+    decay or an optimizer before it is silently dropped, and inside
+    ``optax.MultiSteps`` it would see the mean gradient but the last
+    micro-batch's ``value_fn``. Accumulate with :func:`floodax.multi_steps`
+    (``value_fn_is_large_batch=True``), or put ``sam`` before the
+    accumulation. A traced ``radius`` below 0 gives NaN (a concrete one is
+    refused). The perturbed point is rounded to the parameters' dtype: in
+    bfloat16, components of ``ε`` below half a unit in the last place of
+    ``θ`` (about ``|θ|·2⁻⁹``) vanish, so a small ``ρ`` over many parameters
+    can leave ``θ + ε = θ`` and the update is then ``g`` itself.
 
     .. math::
 
@@ -222,7 +238,9 @@ def sam(
     ) -> tuple[optax.Updates, SAMState]:
         del extra_args
         _require_value_fn(value_fn, params, updates, name)
-        rho = schedules.evaluate("radius", radius, state.count)
+        # A traced radius below 0 (a schedule that undershoots) would step
+        # downhill: NaN instead, as a concrete one is refused.
+        rho = _nonnegative(schedules.evaluate("radius", radius, state.count))
         dtype = accumulation_dtype(updates)
         grads = [g.astype(dtype) for g in jax.tree.leaves(updates)]
         # T per leaf, or None for T = 1 (no multiply).
@@ -294,7 +312,9 @@ def gsam(
     schedule: ``radius=lambda t: rho_min + (rho_max − rho_min) *
     (lr(t) − lr_min) / (lr_max − lr_min)`` (``rho_max`` when ``lr_max =
     lr_min``). Like the reference it is not clipped: during a warm-up below
-    ``lr_min`` the radius falls below ``rho_min``.
+    ``lr_min`` the radius falls below ``rho_min``, and below 0 it gives NaN
+    updates; wrap the line in ``jnp.maximum(0.0, ...)`` if the warm-up starts
+    there.
 
     The norms and products are formed in at least float32; the updates keep
     their dtypes; a NaN or infinite gradient gives a NaN update everywhere.
@@ -361,7 +381,9 @@ def gsam(
     ) -> tuple[optax.Updates, SAMState]:
         del extra_args
         _require_value_fn(value_fn, params, updates, name)
-        rho = schedules.evaluate("radius", radius, state.count)
+        # A traced radius below 0 (a schedule that undershoots) would step
+        # downhill: NaN instead, as a concrete one is refused.
+        rho = _nonnegative(schedules.evaluate("radius", radius, state.count))
         dtype = accumulation_dtype(updates)
         grads = jax.tree.map(lambda g: g.astype(dtype), updates)
         squared = squared_norm(grads)

@@ -49,7 +49,9 @@ def value_and_grad(
     ``loss_fn(nnx.merge(graphdef, params, rest, copy=True), *args)`` with the
     ``rest`` kept before the clean pass: every call runs on a fresh copy of
     the model as the clean pass found it, so it sees the clean pass's dropout
-    masks, computes the same loss function, and whatever it changes is
+    masks (random streams kept in the model; an ``nnx.Rngs`` passed in
+    ``*args`` is not copied, so its masks differ), computes the same loss
+    function, and whatever it changes is
     thrown away. Pass it to ``optimizer.update(model, grads, value_fn=...)``
     (NNX forwards it to ``tx.update``) within the same step.
 

@@ -322,3 +322,12 @@ def test_under_shard_map_on_one_device_matches_the_vmap_form(mlp, batch):
         )
         assert_trees_allclose(out, ref, rtol=1e-13)
         assert_trees_allclose(state, ref_state, rtol=1e-13)
+
+
+def test_a_common_infinite_state_value_stays_infinite():
+    # reduce_on_plateau starts its best value at inf: x₀ + mean(x − x₀)
+    # would make it NaN (∞ − ∞) and silently cut the learning rate.
+    from floodax._m_sharpness import _state_mean
+
+    assert float(_state_mean(jnp.array([jnp.inf, jnp.inf]))) == np.inf
+    assert float(_state_mean(jnp.array([1.0, 3.0]))) == 2.0

@@ -385,3 +385,20 @@ def test_documented_defaults_eta_and_eps():
     for k in params:
         np.testing.assert_array_equal(default[k], explicit[k])
     assert not np.allclose(default["fc1.bias"], other["fc1.bias"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["sam", "gsam"])
+def test_a_traced_negative_radius_is_nan_not_a_step_downhill(name):
+    # A schedule that undershoots 0 (big_vision's lr-tied ρ in a warm-up
+    # below lr_min) would perturb downhill; a concrete one is refused.
+    loss = lambda w: jnp.sum(w**2)  # noqa: E731
+    w = jnp.array([3.0, 4.0])
+    tx = (
+        floodax.sam(lambda c: c - 0.1)
+        if name == "sam"
+        else floodax.gsam(lambda c: c - 0.1, 0.5)
+    )
+    out = jax.jit(lambda g, p: tx.update(g, tx.init(p), p, value_fn=loss)[0])(
+        jax.grad(loss)(w), w
+    )
+    assert np.all(np.isnan(out))

@@ -478,3 +478,15 @@ def test_traced_out_of_range_labels_give_nan_not_a_clipped_level():
     np.testing.assert_array_equal(integer, [1.0, 0.0])
     half = floodax.class_levels(jnp.array([0.1, 0.5], jnp.bfloat16), jnp.array([1]))
     assert half.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("transform", [floodax.iflooded, floodax.softad])
+def test_a_masked_nan_level_leaves_the_value_finite(transform):
+    # Padding labels (-1) get a NaN class level under jit; the mask removes
+    # the entry from the value as well as from the gradient.
+    levels = jnp.array([0.1, 0.2])
+    labels, losses = jnp.array([0, 1, -1]), jnp.array([1.0, 2.0, 0.5])
+    masked = jax.jit(
+        lambda ls, lab: transform(ls, floodax.class_levels(levels, lab), where=lab >= 0)
+    )(losses, labels)
+    assert float(masked) == float(transform(losses[:2], levels))
