@@ -299,6 +299,24 @@ def resolve_mask(mask: Any, params: optax.Params, name: str = "mask") -> Any:
     return jax.tree.unflatten(jax.tree.structure(params), [bool(f) for f in flags])
 
 
+def check_value_fn_call(
+    value_fn: Any, params: Any, updates: Any, name: str, masked_fix: str
+) -> None:
+    """The checks of an ``update`` that evaluates ``value_fn`` at moved
+    parameters: ``value_fn`` and ``params`` given, not inside
+    ``optax.masked`` (``masked_fix`` says what to do instead), and updates
+    shaped like the parameters."""
+    if value_fn is None:
+        raise TypeError(
+            f"{name} needs the loss function of the parameters: call "
+            "`tx.update(grads, state, params, "
+            "value_fn=lambda p: loss_fn(p, batch))`."
+        )
+    require_params(params, name)
+    check_value_fn_params(params, name, masked_fix)
+    check_matching_trees(updates, params, name)
+
+
 def add_grad_norm_penalty(
     strength: chex.Numeric,
     *,
@@ -534,21 +552,15 @@ def add_grad_norm_penalty(
         **extra_args: Any,
     ) -> tuple[optax.Updates, optax.EmptyState]:
         del extra_args
-        if value_fn is None:
-            raise TypeError(
-                f"{name} needs the loss function of the parameters: call "
-                "`tx.update(grads, state, params, "
-                "value_fn=lambda p: loss_fn(p, batch))`."
-            )
-        require_params(params, name)
-        check_value_fn_params(
+        check_value_fn_call(
+            value_fn,
             params,
+            updates,
             name,
             "To penalise only some parameters, pass `mask=` to "
             "`floodax.add_grad_norm_penalty` itself and leave it outside the "
             "masked transformation.",
         )
-        check_matching_trees(updates, params, name)
         flags = (
             jax.tree.map(lambda _: True, params)
             if mask is None

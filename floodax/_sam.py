@@ -15,18 +15,13 @@ import optax
 from floodax import _schedules as schedules
 from floodax._penalty import (
     accumulation_dtype,
+    check_value_fn_call,
     perturbed_gradient,
     resolve_mask,
     safe_norm,
     squared_norm,
 )
-from floodax._validation import (
-    check_matching_trees,
-    check_scalar_hyperparam,
-    check_value_fn_depends,
-    check_value_fn_params,
-    require_params,
-)
+from floodax._validation import check_scalar_hyperparam, check_value_fn_depends
 
 
 class SAMState(NamedTuple):
@@ -70,28 +65,29 @@ def _adaptive_flags(adaptive: Any, params: optax.Params) -> list[bool]:
     return jax.tree.leaves(resolve_mask(adaptive, params, "adaptive"))
 
 
-def _require_value_fn(value_fn: Any, params: Any, updates: Any, name: str) -> None:
-    if value_fn is None:
-        raise TypeError(
-            f"{name} needs the loss function of the parameters: call "
-            "`tx.update(grads, state, params, "
-            "value_fn=lambda p: loss_fn(p, batch))`."
-        )
-    require_params(params, name)
-    check_value_fn_params(
+def _start(
+    value_fn: Any,
+    params: Any,
+    updates: Any,
+    name: str,
+    radius: Any,
+    state: SAMState,
+) -> tuple[jax.Array, Any]:
+    """What every SAM-form ``update`` does first: check the call, and return
+    the radius at ``state.count`` and the dtype the step is formed in."""
+    check_value_fn_call(
+        value_fn,
         params,
+        updates,
         name,
         f"Leave {name} outside the masked transformation; it must come first "
         "in the chain, where the updates are the gradient of `value_fn`.",
     )
-    check_matching_trees(updates, params, name)
     check_value_fn_depends(value_fn, params, name)
-
-
-def _nonnegative(rho: Any) -> jax.Array:
-    """``rho``, or NaN where it is negative."""
-    rho = jnp.asarray(rho)
-    return jnp.where(rho >= 0, rho, jnp.nan)
+    # A traced radius below 0 (a schedule that undershoots) would step
+    # downhill: NaN instead, as a concrete one is refused.
+    rho = jnp.asarray(schedules.evaluate("radius", radius, state.count))
+    return jnp.where(rho >= 0, rho, jnp.nan), accumulation_dtype(updates)
 
 
 def _inverse(norm: jax.Array, eps: Any) -> jax.Array:
@@ -237,11 +233,7 @@ def sam(
         **extra_args: Any,
     ) -> tuple[optax.Updates, SAMState]:
         del extra_args
-        _require_value_fn(value_fn, params, updates, name)
-        # A traced radius below 0 (a schedule that undershoots) would step
-        # downhill: NaN instead, as a concrete one is refused.
-        rho = _nonnegative(schedules.evaluate("radius", radius, state.count))
-        dtype = accumulation_dtype(updates)
+        rho, dtype = _start(value_fn, params, updates, name, radius, state)
         grads = [g.astype(dtype) for g in jax.tree.leaves(updates)]
         # T per leaf, or None for T = 1 (no multiply).
         scales = [
@@ -380,11 +372,7 @@ def gsam(
         **extra_args: Any,
     ) -> tuple[optax.Updates, SAMState]:
         del extra_args
-        _require_value_fn(value_fn, params, updates, name)
-        # A traced radius below 0 (a schedule that undershoots) would step
-        # downhill: NaN instead, as a concrete one is refused.
-        rho = _nonnegative(schedules.evaluate("radius", radius, state.count))
-        dtype = accumulation_dtype(updates)
+        rho, dtype = _start(value_fn, params, updates, name, radius, state)
         grads = jax.tree.map(lambda g: g.astype(dtype), updates)
         squared = squared_norm(grads)
         factor = jnp.asarray(rho, dtype) * _inverse(safe_norm(squared)[0], eps)
