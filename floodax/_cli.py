@@ -212,8 +212,8 @@ def _add_demo(commands) -> None:
         "--study",
         choices=("flatness", "noise", "derivation", "second_descent"),
         default=None,
-        help="instead of the demo, a short version (a few minutes) of one study of "
-        "flooding's mechanism; benchmarks/study.py runs the full ones",
+        help="instead of the demo, a short version (under 30 s on 2 cores) of "
+        "one study of flooding's mechanism; benchmarks/study.py runs the full ones",
     )
     demo.add_argument("--seed", type=int, default=0, help="data, model and shuffling")
     demo.add_argument(

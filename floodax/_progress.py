@@ -21,6 +21,8 @@ REDRAW_SECONDS = 0.1
 """The bar is drawn again at most this often, and after its last unit."""
 WIDTH = 24
 """Characters of the bar itself."""
+LONG_RUN_SECONDS = 300.0
+"""A run estimated to take longer says so (the studies' ``announce``)."""
 
 
 def _clock(seconds: float) -> str:
@@ -50,6 +52,10 @@ class Progress:
       stream: where to draw; standard error (looked up when the bar is made)
         by default. The bar is drawn only if ``stream.isatty()``.
       clock: seconds, for tests; ``time.monotonic`` by default.
+      announce: seconds; a run whose first estimate of its whole time
+        exceeds this says so once, on a line of its own, terminal or not
+        (but not when ``enabled`` is ``False``). The estimate is made when
+        one twentieth of the units after the first are done, at their rate.
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class Progress:
         enabled: bool = True,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
+        announce: float | None = None,
     ) -> None:
         if int(total) < 1:
             raise ValueError(f"`total` must be at least 1 unit of work, got {total}.")
@@ -68,6 +75,8 @@ class Progress:
         tty = self._stream is not None and self._stream.isatty()
         self.enabled = bool(enabled) and tty
         self._clock, self._start = clock, clock()
+        # Announced once, and never when disabled or the stream is absent.
+        self._announce = announce if enabled and self._stream else None
         self._first: tuple[int, float] | None = None
         self._drawn, self._width = -float("inf"), 0
         self._draw()
@@ -103,8 +112,37 @@ class Progress:
         self.n += n
         if self._first is None:
             self._first = (self.n, self._clock())
+        elif self._announce is not None:
+            self._maybe_announce()
         if self._clock() - self._drawn >= REDRAW_SECONDS or self.n >= self.total:
             self._draw()
+
+    def total_seconds(self) -> float | None:
+        """The whole run's time at the rate since the first unit (``None``
+        until there is one)."""
+        since, then = self._first or (self.n, 0.0)
+        if self.n <= since:
+            return None
+        rate = (self._clock() - then) / (self.n - since)
+        return then - self._start + rate * (self.total - since)
+
+    def _maybe_announce(self) -> None:
+        since, _ = self._first
+        if self.n - since < max(1, (self.total - since) // 20) or self.n >= self.total:
+            return
+        seconds, threshold, self._announce = self.total_seconds(), self._announce, None
+        if seconds is None or seconds <= threshold:
+            return
+        if self.enabled and self._width:
+            self._stream.write("\r" + " " * self._width + "\r")
+            self._width = 0
+        self._stream.write(
+            f"note: {self.desc}: about {seconds / 60:.0f} minutes in all on this "
+            f"machine, at the rate of {self.n}/{self.total} so far; Ctrl-C "
+            "stops it.\n"
+        )
+        self._stream.flush()
+        self._draw()
 
     def _draw(self) -> None:
         if not self.enabled:
@@ -126,7 +164,11 @@ class Progress:
 
 @contextlib.contextmanager
 def progress_bar(
-    progress: bool | Progress, total: int, desc: str
+    progress: bool | Progress,
+    total: int,
+    desc: str,
+    *,
+    announce: float | None = None,
 ) -> Iterator[Progress]:
     """A bar of ``total`` units, closed at the end; or, when ``progress`` is
     already a :class:`Progress` (the bar of an outer loop, which counted
@@ -134,7 +176,7 @@ def progress_bar(
     if isinstance(progress, Progress):
         yield progress
         return
-    bar = Progress(total, desc, enabled=progress)
+    bar = Progress(total, desc, enabled=progress, announce=announce)
     try:
         yield bar
     finally:

@@ -30,6 +30,7 @@ import optax
 
 from floodax._alternate import alternate
 from floodax._penalty import grad_norm_penalty, squared_norm
+from floodax._progress import Progress, progress_bar
 from floodax._validation import (
     check_float_leaves,
     check_int,
@@ -522,15 +523,18 @@ def _ladder_order(
     substeps: int,
     what: str,
     exact: str,
+    progress: bool | Progress,
 ) -> OrderReport:
     """Runs ``endpoints`` over the ladder and fits the orders of both errors."""
     descent_rates = largest_rate * shrink ** np.arange(num_rates)
     ascent_rates = ratio * descent_rates
     rung = _compiled(endpoints, loss_fn, options)
-    rungs = [
-        rung(params, args, e1, e2)
-        for e1, e2 in zip(descent_rates, ascent_rates, strict=True)
-    ]
+    rungs = []
+    with progress_bar(progress, num_rates, "rungs") as bar:
+        for e1, e2 in zip(descent_rates, ascent_rates, strict=True):
+            # Waited for, so the bar counts rungs computed, not dispatched.
+            rungs.append(jax.block_until_ready(rung(params, args, e1, e2)))
+            bar.update()
     level, dtype = _rounding_level(params, [steps for steps, _, _ in rungs], substeps)
     return _order_report(
         descent_rates,
@@ -553,6 +557,7 @@ def equivalence_order(
     num_rates: int = 6,
     shrink: float = 0.5,
     ascent_first: bool = False,
+    progress: bool | Progress = False,
 ) -> OrderReport:
     r"""Fits the order of the derivation's error over a geometric ladder.
 
@@ -573,6 +578,9 @@ def equivalence_order(
       num_rates: how many rungs, an integer of at least 2.
       shrink: the factor between rungs, in ``(0, 1)``.
       ascent_first: backstitch order.
+      progress: ``True`` draws a bar of the rungs computed, with the time
+        left, on standard error when it is a terminal; a ``Progress`` bar of
+        an outer loop is advanced one unit per rung instead.
 
     Returns:
       An :class:`OrderReport`.
@@ -606,6 +614,7 @@ def equivalence_order(
         shrink=shrink,
         options={"ascent_first": ascent_first},
         substeps=0,
+        progress=progress,
         what="the one-step prediction",
         exact="A loss that is quadratic around `params` makes the prediction "
         "exact, and so does `ratio=0` (the pair is then a single step).",
@@ -834,6 +843,7 @@ def flow_order(
     shrink: float = 0.5,
     ascent_first: bool = False,
     substeps: int = 200,
+    progress: bool | Progress = False,
 ) -> OrderReport:
     r"""Fits the order of the modified flow's error over a geometric ladder.
 
@@ -857,6 +867,9 @@ def flow_order(
       ascent_first: backstitch order.
       substeps: Runge–Kutta steps per flow, an integer of at least 1. Each
         adds up to half an ulp of ``‖θ‖`` to the rounding floor.
+      progress: ``True`` draws a bar of the rungs computed, with the time
+        left, on standard error when it is a terminal; a ``Progress`` bar of
+        an outer loop is advanced one unit per rung instead.
 
     Returns:
       An :class:`OrderReport`.
@@ -899,6 +912,7 @@ def flow_order(
         shrink=shrink,
         options={"ascent_first": ascent_first, "substeps": substeps},
         substeps=substeps,
+        progress=progress,
         what="the modified flow",
         exact="A loss that is linear around `params` makes the flow exact.",
     )

@@ -95,9 +95,11 @@ def run_verify(
     printed, marked, and left out of the fits; a scheme whose ladder leaves
     fewer than two rungs above the floor fails with the fit's reason. With
     ``progress``, a bar on standard error (when it is a terminal) counts the
-    schemes checked, each a compilation and its ladder of rungs.
+    rungs computed, ``num_rates`` for each scheme (the first rung of each
+    also compiles it), and names the scheme running.
     """
-    with progress_bar(progress, len(SCHEMES), "floodax verify: checks") as bar:
+    total = len(SCHEMES) * num_rates
+    with progress_bar(progress, total, "floodax verify: rungs") as bar:
         return _checks(seed, largest_rate, num_rates, bar)
 
 
@@ -114,6 +116,7 @@ def _checks(
             extra = {"substeps": 50} if scheme.flow else {}
             fit = flow_order if scheme.flow else equivalence_order
             lines.append(f"{scheme.name}")
+            done = bar.n + num_rates
             try:
                 report: OrderReport = fit(
                     _mlp_loss,
@@ -124,6 +127,7 @@ def _checks(
                     ratio=scheme.ratio,
                     num_rates=num_rates,
                     ascent_first=scheme.ascent_first,
+                    progress=bar,
                     **extra,
                 )
             except ValueError as error:
@@ -131,7 +135,8 @@ def _checks(
                 all_ok = False
                 continue
             finally:
-                bar.update()
+                if bar.n < done:  # refused before its rungs ran: count them
+                    bar.update(done - bar.n)
             predicted, baseline = (
                 ("modified-flow error", "flow-of-L error")
                 if scheme.flow

@@ -99,3 +99,38 @@ def test_an_outer_bar_is_advanced_and_left_open(terminal):
     with progress_bar(False, 6, "hidden") as bar:
         bar.update(6)
     assert "hidden" not in terminal.getvalue()
+
+
+def test_a_long_run_announces_its_estimate_once_terminal_or_not():
+    clock, stream = Clock(), io.StringIO()  # a log, not a terminal: no bar
+    bar = Progress(41, "work", stream=stream, clock=clock, announce=300.0)
+    clock.now += 60
+    bar.update()  # the first unit compiles: left out of the rate
+    clock.now += 10
+    bar.update()
+    # One twentieth of the 40 units after the first, 2, before an estimate.
+    assert stream.getvalue() == ""
+    clock.now += 10
+    bar.update()
+    # 60 s, then 10 s for each of the 40 units after the first: 460 s.
+    assert stream.getvalue() == (
+        "note: work: about 8 minutes in all on this machine, at the rate of "
+        "3/41 so far; Ctrl-C stops it.\n"
+    )
+    assert bar.total_seconds() == pytest.approx(460.0)
+    for _ in range(38):
+        clock.now += 100
+        bar.update()
+    assert stream.getvalue().count("note:") == 1
+
+
+@pytest.mark.parametrize(("seconds_per_unit", "enabled"), [(5.0, True), (100.0, False)])
+def test_a_short_or_silenced_run_announces_nothing(seconds_per_unit, enabled):
+    clock, stream = Clock(), Terminal()
+    bar = Progress(
+        41, "work", stream=stream, clock=clock, announce=300.0, enabled=enabled
+    )
+    for _ in range(41):
+        clock.now += seconds_per_unit
+        bar.update()
+    assert "note:" not in stream.getvalue()

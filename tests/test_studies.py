@@ -16,11 +16,19 @@ def _is_png(path) -> bool:
         return f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(autouse=True)
+def every_run_is_long(monkeypatch):
+    """Every study's estimate is over the threshold, so each says it."""
+    monkeypatch.setattr(studies, "LONG_RUN_SECONDS", -1.0)
+
+
 def _one_bar(terminal, desc: str, total: int) -> None:
-    """The study drew one bar, ``desc``, counting ``total`` units one by one."""
+    """The study drew one bar, ``desc``, counting ``total`` units one by one,
+    and announced its estimate once."""
     drawn = bars(terminal.getvalue())
     assert list(drawn) == [desc]
     assert assert_counts_every_unit(drawn[desc], total) == {1}
+    assert terminal.getvalue().count(f"note: {desc}: about ") == 1
 
 
 def test_flatness_records_sharpness_along_training(tmp_path, terminal):

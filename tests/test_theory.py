@@ -201,25 +201,55 @@ def test_verify_command_prints_table_and_succeeds(capsys):
     assert "all orders within tolerance" in out
 
 
-def test_verify_draws_a_bar_of_its_checks(monkeypatch, terminal, capsys):
-    # Fits stubbed to fail at once: the bar, not the fits, is under test.
-    def no_fit(*args, **kwargs):
+def test_verify_draws_a_bar_of_its_rungs(monkeypatch, terminal, capsys):
+    # Fits stubbed: the first three schemes compute two of their four rungs
+    # and then fail their fit, the rest are refused before any rung runs;
+    # the bar, not the fits, is under test: it counts every rung of every
+    # scheme, names the scheme running, and counts a refused scheme's rungs.
+    def stub(*args, progress, num_rates, **kwargs):
+        if stub.calls < 3:
+            progress.update()
+            progress.update()
+        stub.calls += 1
         raise ValueError("stubbed")
 
-    monkeypatch.setattr(_verify, "equivalence_order", no_fit)
-    monkeypatch.setattr(_verify, "flow_order", no_fit)
+    stub.calls = 0
+    monkeypatch.setattr(_verify, "equivalence_order", stub)
+    monkeypatch.setattr(_verify, "flow_order", stub)
     monkeypatch.setattr(_verify, "_problem", lambda seed: (None, None, None))
-    assert main(["verify", "--no-progress"]) == 1
+    assert main(["verify", "--no-progress", "--num-rates", "4"]) == 1
     assert terminal.getvalue() == ""
-    assert main(["verify"]) == 1
+    stub.calls = 0
+    assert main(["verify", "--num-rates", "4"]) == 1
     assert capsys.readouterr().out.count("FAIL, no order fitted: stubbed") == 14
     drawings = terminal.getvalue().split("\r")
-    drawn = bars(terminal.getvalue())["floodax verify: checks"]
-    assert assert_counts_every_unit(drawn, len(_verify.SCHEMES)) == {1}
-    # Each check is named on the bar while it runs, i done before it.
+    total = 4 * len(_verify.SCHEMES)
+    drawn = bars(terminal.getvalue())["floodax verify: rungs"]
+    assert assert_counts_every_unit(drawn, total) == {1, 2, 4}
     for i, scheme in enumerate(_verify.SCHEMES):
-        running = f"| {i}/{len(_verify.SCHEMES)} ["
+        running = f"| {4 * i}/{total} ["
         assert any(running in d and d.rstrip().endswith(scheme.name) for d in drawings)
+
+
+def test_order_fits_count_their_rungs_on_a_bar(terminal):
+    floodax.equivalence_order(
+        lambda w, x: jnp.sum(jnp.sin(x * w)),
+        jnp.array([0.3, 0.2]),
+        jnp.array([1.0, 2.0]),
+        num_rates=3,
+        progress=True,
+    )
+    assert assert_counts_every_unit(bars(terminal.getvalue())["rungs"], 3) == {1}
+    terminal.truncate(0)
+    terminal.seek(0)
+    floodax.flow_order(
+        lambda w: jnp.sum(jnp.cos(w)),
+        jnp.array([0.5, 1.0]),
+        largest_rate=0.3,
+        num_rates=4,
+        progress=True,
+    )
+    assert assert_counts_every_unit(bars(terminal.getvalue())["rungs"], 4) == {1}
 
 
 @pytest.mark.parametrize("num_rates", ["3", "40"])

@@ -31,7 +31,7 @@ import optax
 from flax import nnx
 
 import floodax
-from floodax._progress import Progress, progress_bar
+from floodax._progress import LONG_RUN_SECONDS, Progress, progress_bar
 from floodax.experiments.datasets import Dataset, load_dataset
 from floodax.experiments.models import MLP
 from floodax.experiments.training import (
@@ -170,7 +170,9 @@ def flatness(
     """
     runs = []
     total = config.seeds * 2 * config.epochs
-    with progress_bar(progress, total, "flatness: epochs") as bar:
+    with progress_bar(
+        progress, total, "flatness: epochs", announce=LONG_RUN_SECONDS
+    ) as bar:
         for seed in range(config.seeds):
             data = load_dataset(
                 config.dataset, seed=seed, label_noise=config.label_noise
@@ -336,7 +338,9 @@ def noise_levels(
         for s in range(config.seeds)
     ]
     total = len(jobs) * len(config.grid) * config.epochs
-    with progress_bar(progress, total, "noise: epochs") as bar:
+    with progress_bar(
+        progress, total, "noise: epochs", announce=LONG_RUN_SECONDS
+    ) as bar:
         for dataset, noise, seed in jobs:
             data = load_dataset(dataset, seed=seed, label_noise=noise)
             sweep = sweep_flood_levels(
@@ -594,7 +598,9 @@ def derivation_runs(
         for r in config.rates
     ]
     total = len(jobs) * config.pairs
-    with progress_bar(progress, total, "derivation: pairs of steps") as bar:
+    with progress_bar(
+        progress, total, "derivation: pairs of steps", announce=LONG_RUN_SECONDS
+    ) as bar:
         runs = [_derivation_run(config, *job, bar) for job in jobs]
     out = {"config": dataclasses.asdict(config), "runs": runs}
     _plot_derivation(out, png)
@@ -747,7 +753,9 @@ def second_descent(
         for s in range(config.seeds)
     ]
     total = len(jobs) * 2 * config.epochs
-    with progress_bar(progress, total, "second descent: epochs") as bar:
+    with progress_bar(
+        progress, total, "second descent: epochs", announce=LONG_RUN_SECONDS
+    ) as bar:
         for noise, b, batch, seed in jobs:
             data = load_dataset(config.dataset, seed=seed, label_noise=noise)
             for level in (0.0, b):
