@@ -523,7 +523,7 @@ def _ladder_order(
     substeps: int,
     what: str,
     exact: str,
-    progress: bool | Progress,
+    progress: bool | Progress = False,
 ) -> OrderReport:
     """Runs ``endpoints`` over the ladder and fits the orders of both errors."""
     descent_rates = largest_rate * shrink ** np.arange(num_rates)
