@@ -347,16 +347,15 @@ def run_family(
     the cells trained by this call (the others came from the cache).
 
     Examples:
-      >>> import os, tempfile
+      >>> import tempfile
       >>> from floodax.experiments import FamilyConfig, run_family
-      >>> config = FamilyConfig(methods=("erm", "flood"), label_noises=(0.2,),
-      ...                       seeds=(0,), epochs=1, width=4, depth=1,
-      ...                       grids=(("flood", (0.5,)),), rule=False)
+      >>> config = FamilyConfig(methods=("erm",), label_noises=(0.2,),
+      ...                       seeds=(0,), epochs=1, width=4, depth=1, rule=False)
       >>> out = tempfile.mkdtemp()
       >>> first = run_family(config, out, progress=False)  # doctest: +ELLIPSIS
-      family: 2 of 2 cells to train ...
+      family: 1 of 1 cells to train ...
       >>> again = run_family(config, out, progress=False)  # doctest: +ELLIPSIS
-      family: 0 of 2 cells to train ...
+      family: 0 of 1 cells to train ...
       >>> print(again["trained"], again["rows"] == first["rows"])
       [] True
     """
@@ -365,9 +364,10 @@ def run_family(
     cells = load_cache(path, config)
     pending = [c for c in _cells(config) if cell_key(*c) not in cells]
     seconds = estimator(config, pending) if pending else 0.0
+    when = f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.0f} min"
     print(
         f"family: {len(pending)} of {len(_cells(config))} cells to train "
-        f"(the rest cached in {path}); estimated {seconds / 60:.1f} min here"
+        f"(the rest cached in {path}); estimated {when} on this machine"
     )
     trained = []
     total = max(1, sum(_units(config, c[2]) for c in pending))
@@ -689,13 +689,12 @@ COMPARE_METHODS = ("erm", "flood", "softad", "sam")
 def compare_config(seed: int = 0) -> FamilyConfig:
     """``floodax demo --compare``'s configuration: ERM, flooding, SoftAD and
     SAM on the digits with 20% label noise, three seeds from ``seed``, the
-    full grids, 30 epochs."""
+    full grids, the benchmark's protocol (60 epochs)."""
     return FamilyConfig(
         datasets=("digits",),
         label_noises=(0.2,),
         methods=COMPARE_METHODS,
         seeds=(seed, seed + 1, seed + 2),
-        epochs=30,
     )
 
 

@@ -133,10 +133,12 @@ class Method(NamedTuple):
       ascent: ``ascent(losses, value, h, aux)``, the step's share of ascent
         (flooding: 1 or 0; per-example methods: the share of examples below
         their level), for the records; 0 by default.
-      value_fn: whether the step passes ``value_fn`` to the transformation.
-        The alternating scheme does not: given one, ``floodax.alternate``
-        takes both steps of a pair within one call; without, the descent and
-        the ascent step fall on consecutive mini-batches, as in the scheme.
+      value_fn: whether the transformation takes ``value_fn`` (SAM, ASAM,
+        GSAM, GNP, the penalty): the step then builds it with
+        :func:`floodax.nnx.value_and_grad`. The alternating scheme is not
+        given one: with one, ``floodax.alternate`` takes both steps of a pair
+        within one call; without, the descent and the ascent step fall on
+        consecutive mini-batches, as in the scheme.
       cost: gradients per step (SAM's two, the exact penalty's three),
         for run-time estimates.
       reference: where its form and grid come from.
@@ -165,7 +167,7 @@ class Method(NamedTuple):
     needs_aux: bool = False
     upper: float | None = None
     ascent: Callable[..., jax.Array] = _no_ascent
-    value_fn: bool = True
+    value_fn: bool = False
     cost: float = 1.0
     reference: str = ""
 
@@ -223,6 +225,7 @@ FAMILY: dict[str, Method] = {
             "radius",
             SAM_GRID,
             transform=floodax.sam,
+            value_fn=True,
             cost=2.0,
             reference="Foret et al. 2021; grid: bdd-flood run_benchmarks.py",
         ),
@@ -233,6 +236,7 @@ FAMILY: dict[str, Method] = {
             "radius",
             (0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
             transform=_asam,
+            value_fn=True,
             cost=2.0,
             reference="Kwon et al. 2021; ρ grid: floodax's (ASAM's ρ is ~10× SAM's)",
         ),
@@ -243,6 +247,7 @@ FAMILY: dict[str, Method] = {
             "radius",
             SAM_GRID,
             transform=_gsam,
+            value_fn=True,
             cost=2.0,
             reference="Zhuang et al. 2022, α = 0.1; ρ grid: SAM's",
         ),
@@ -253,6 +258,7 @@ FAMILY: dict[str, Method] = {
             "alpha",
             (0.1, 0.2, 0.4, 0.6, 0.8, 1.0),
             transform=_gnp,
+            value_fn=True,
             cost=2.0,
             reference="Zhao et al. 2022, r = 0.05; α grid: floodax's (α = 1 is SAM)",
         ),
@@ -263,6 +269,7 @@ FAMILY: dict[str, Method] = {
             "strength",
             (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
             transform=floodax.add_grad_norm_penalty,
+            value_fn=True,
             cost=3.0,
             reference="explicit penalty, exact Hessian-vector product; grid: floodax's",
         ),
@@ -274,7 +281,6 @@ FAMILY: dict[str, Method] = {
             (0.02, 0.05, 0.1, 0.2, 0.3),
             transform=_alternating,
             final=True,
-            value_fn=False,
             reference="descent ε1 then ascent ε2 = ε1/10 (the BERT runs' ratio); "
             "ε1 grid: floodax's, around the SGD rate",
         ),

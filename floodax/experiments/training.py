@@ -301,10 +301,10 @@ class _Runner:
         return nnx.state((model, optimizer)), run
 
     def _step(self, state: Any, level: jax.Array, x, y, aux) -> tuple[Any, ...]:
-        """One optimizer step of the method's objective, with ``value`` and
-        (unless the entry says not to) ``value_fn`` for its transformation;
-        returns the state, the plain mean loss and the step's ascent share
-        (:class:`Method` ``ascent``)."""
+        """One optimizer step of the method's objective, with ``value`` and,
+        where the entry's transformation takes it, ``value_fn``; returns the
+        state, the plain mean loss and the step's ascent share (the entry's
+        ``ascent``)."""
         model, optimizer = nnx.merge(self.graphdef, state)
         method = self.method
 
@@ -312,11 +312,14 @@ class _Runner:
             losses = optax.softmax_cross_entropy_with_integer_labels(model(x), y)
             return method.objective(losses, level, aux), losses
 
-        (value, losses), grads, value_fn = floodax.nnx.value_and_grad(
-            objective, model, has_aux=True
-        )
-        extra = {"value_fn": value_fn} if method.value_fn else {}
-        optimizer.update(model, grads, value=value, **extra)
+        if method.value_fn:
+            (value, losses), grads, value_fn = floodax.nnx.value_and_grad(
+                objective, model, has_aux=True
+            )
+            optimizer.update(model, grads, value=value, value_fn=value_fn)
+        else:
+            (value, losses), grads = nnx.value_and_grad(objective, has_aux=True)(model)
+            optimizer.update(model, grads, value=value)
         ascent = method.ascent(losses, value, level, aux)
         return nnx.state((model, optimizer)), losses.mean(), ascent
 
@@ -516,8 +519,8 @@ def train(
     ``floodax.iflooded`` of the per-example losses; any other entry of
     :data:`floodax.experiments.family.FAMILY` trains as its entry says, its
     one hyperparameter passed as ``flood_level`` (every step passes
-    ``value=`` the objective and, unless the entry's ``value_fn`` is
-    ``False``, ``value_fn=`` it as a function of the parameters, from
+    ``value=`` the objective and, where the entry's transformation takes
+    it, ``value_fn=`` it as a function of the parameters, from
     :func:`floodax.nnx.value_and_grad`). Training and validation
     metrics are recorded after every epoch; the clean test split, which can
     be large (20,000 points in the paper's protocol), every ``test_every``
