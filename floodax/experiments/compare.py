@@ -526,8 +526,11 @@ def _pm(pair: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
-def _line(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -542,7 +545,7 @@ def format_table(rows: Sequence[dict]) -> str:
         "chosen per seed",
         "wall s",
     ]
-    lines = [_line(header), _line(["---"] * len(header))]
+    lines = []
     for r in rows:
         versus = [
             f"{_pm(r[f'vs_{o}'])} ({r[f'verdict_{o}']})" if f"vs_{o}" in r else "–"
@@ -550,19 +553,17 @@ def format_table(rows: Sequence[dict]) -> str:
         ]
         chosen = ", ".join(f"{c:g}" for c in r["chosen"])
         lines.append(
-            _line(
-                [
-                    r["dataset"],
-                    f"{r['noise']:g}",
-                    r["label"],
-                    _pm((r["mean"], r["std"])),
-                    *versus,
-                    "–" if r["method"] == "erm" else f"{r['symbol']} = {chosen}",
-                    f"{r['seconds']:.0f}",
-                ]
-            )
+            [
+                r["dataset"],
+                f"{r['noise']:g}",
+                r["label"],
+                _pm((r["mean"], r["std"])),
+                *versus,
+                "–" if r["method"] == "erm" else f"{r['symbol']} = {chosen}",
+                f"{r['seconds']:.0f}",
+            ]
         )
-    return "\n".join(lines)
+    return _markdown_table(header, lines)
 
 
 def format_rule_table(rows: Sequence[dict]) -> str:
@@ -579,25 +580,22 @@ def format_rule_table(rows: Sequence[dict]) -> str:
         "val. loss rose",
         "wall s rule / sweep",
     ]
-    lines = [_line(header), _line(["---"] * len(header))]
-    for r in rows:
-        lines.append(
-            _line(
-                [
-                    r["dataset"],
-                    f"{r['noise']:g}",
-                    _pm(r["rule_b"], 1.0, 3),
-                    _pm(r["sweep_b"], 1.0, 3),
-                    _pm(r["rule_accuracy"]),
-                    _pm(r["sweep_accuracy"]),
-                    "yes" if r["within_one_std"] else "no",
-                    str(r["seeds_within"]),
-                    str(r["rises"]),
-                    f"{r['rule_seconds']:.0f} / {r['sweep_seconds']:.0f}",
-                ]
-            )
-        )
-    return "\n".join(lines)
+    lines = [
+        [
+            r["dataset"],
+            f"{r['noise']:g}",
+            _pm(r["rule_b"], 1.0, 3),
+            _pm(r["sweep_b"], 1.0, 3),
+            _pm(r["rule_accuracy"]),
+            _pm(r["sweep_accuracy"]),
+            "yes" if r["within_one_std"] else "no",
+            str(r["seeds_within"]),
+            str(r["rises"]),
+            f"{r['rule_seconds']:.0f} / {r['sweep_seconds']:.0f}",
+        ]
+        for r in rows
+    ]
+    return _markdown_table(header, lines)
 
 
 def _markdown(config, command, table, rule_table, rows, rule_rows) -> str:
