@@ -141,6 +141,24 @@ def test_adaflood_entry_is_iflood_at_adaflood_levels():
     )
 
 
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"datasets": ("imagenet",)}, ValueError, "`datasets` must name datasets"),
+        ({"label_noises": (1.5,)}, ValueError, "`label_noises`"),
+        ({"seeds": ()}, ValueError, "must each name at least one"),
+        ({"seeds": (-1,)}, ValueError, "`seeds` must be an integer >= 0"),
+        ({"model": "cnn"}, ValueError, "`model` must be 'mlp' here"),
+        ({"epochs": 0}, ValueError, "`epochs` must be an integer >= 1"),
+        ({"validation": "test"}, ValueError, "`validation` must be one of"),
+        ({"learning_rate": -0.1}, ValueError, "`learning_rate`"),
+    ],
+)
+def test_bad_family_configs_are_refused_naming_the_field(change, error, message):
+    with pytest.raises(error, match=message):
+        FamilyConfig(**change)
+
+
 def test_unknown_method_and_bad_levels_are_refused():
     with pytest.raises(ValueError, match=r"`method` must be one of \('erm'"):
         TrainConfig(method="sharp")

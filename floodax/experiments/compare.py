@@ -42,7 +42,9 @@ import numpy as np
 from flax import nnx
 
 import floodax
+from floodax._names import DATASETS
 from floodax._progress import Progress, progress_bar
+from floodax._validation import check_int, check_real
 from floodax.experiments.datasets import Dataset, load_dataset
 from floodax.experiments.demo import estimate_seconds
 from floodax.experiments.family import get_method
@@ -118,10 +120,31 @@ class FamilyConfig:
     vectorized: bool | str = "auto"
 
     def __post_init__(self):
+        for name in self.datasets:
+            if name not in DATASETS:
+                raise ValueError(
+                    f"`datasets` must name datasets of {DATASETS}, got {name!r}."
+                )
+        for noise in self.label_noises:
+            check_real("label_noises", noise, low=0.0, high=1.0)
         for name in self.methods:
             get_method(name)
         for name, _ in self.grids:
             get_method(name)
+        if not (self.datasets and self.label_noises and self.methods and self.seeds):
+            raise ValueError(
+                "`datasets`, `label_noises`, `methods` and `seeds` must each name "
+                "at least one."
+            )
+        for seed in self.seeds:
+            check_int("seeds", seed, minimum=0)
+        if self.model != "mlp":
+            raise ValueError(
+                f"`model` must be 'mlp' here, got {self.model!r}: the CNN comes "
+                "with the image datasets' model factory."
+            )
+        # The optimizer and the validation labels, checked as training will.
+        _train_config(self, "erm", 0)
         if self.rule and not {"erm", "flood"} <= set(self.methods):
             raise ValueError(
                 "`rule=True` compares the rule of thumb with the flooding sweep "
