@@ -75,7 +75,8 @@ class FamilyConfig:
         initialisation and the mini-batch order.
       epochs: passes over the training split.
       batch_size, learning_rate, momentum: the optimizer (SGD).
-      model: ``"mlp"`` (or ``"cnn"`` where the model factory has one).
+      model: ``"mlp"``, the only kind :func:`make_model` builds for now (the
+        CNN comes with the image datasets' model factory).
       width, depth: the MLP's hidden layers.
       validation: ``"noisy"`` or ``"clean"`` validation labels for the
         choice.

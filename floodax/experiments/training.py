@@ -41,7 +41,6 @@ from floodax._progress import Progress, progress_bar
 from floodax._validation import check_int, check_real, check_scalar_hyperparam
 from floodax.experiments.datasets import Dataset
 from floodax.experiments.family import (
-    FAMILY,
     Method,
     build_optimizer,
     get_method,
@@ -53,7 +52,6 @@ PAPER_GRID = tuple(round(0.01 * i, 2) for i in range(51))
 
 VALIDATIONS = ("clean", "noisy")
 TIE_BREAKS = ("val_loss", "largest_level")
-METHODS = tuple(FAMILY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +167,8 @@ class TrainResult(NamedTuple):
     Attributes:
       model: the trained model.
       history: its :class:`History`.
-      flood_level: the flood level (AdaFlood: ``γ``) it was trained with.
+      flood_level: the flood level (AdaFlood: ``γ``; another entry: its
+        hyperparameter) it was trained with.
       steps: optimizer steps taken.
       ascent_share: the share of steps that ascended (iFlood, AdaFlood: the
         mean share of examples flooded below their level).
@@ -538,7 +537,8 @@ def train(
         not modified (the trained copy is returned).
       dataset: the splits.
       config: a :class:`TrainConfig`.
-      flood_level: the flood level ``b`` (AdaFlood: ``γ ∈ [0, 1)``).
+      flood_level: the flood level ``b`` (AdaFlood: ``γ ∈ [0, 1)``; another
+        entry of the family: its one hyperparameter, e.g. SAM's ``ρ``).
       aux_losses: AdaFlood's held-out losses of the training examples
         (:func:`heldout_losses`); only with ``method="adaflood"``.
       test_every: evaluate the test split every this many epochs.
@@ -829,7 +829,8 @@ def sweep_flood_levels(
       dataset: the splits.
       config: a :class:`TrainConfig`.
       flood_levels: the levels to try; the paper's grid by default. With
-        ``config.method="adaflood"``, the ``γ`` values to try.
+        ``config.method="adaflood"``, the ``γ`` values to try; with another
+        entry of the family, its hyperparameter's values.
       aux_losses: AdaFlood's held-out losses (:func:`heldout_losses`); only
         with ``method="adaflood"``.
       tie_break: ``"val_loss"`` or ``"largest_level"``.
