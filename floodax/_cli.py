@@ -215,6 +215,14 @@ def _add_demo(commands) -> None:
         help="instead of the demo, a short version (under 30 s on 2 cores) of "
         "one study of flooding's mechanism; benchmarks/study.py runs the full ones",
     )
+    demo.add_argument(
+        "--compare",
+        action="store_true",
+        help="instead of the demo, compare ERM, flooding, SoftAD and SAM on the "
+        "digits (three seeds from --seed, each grid chosen on validation; a few "
+        "minutes); benchmarks/family.py runs the whole family. Takes --seed, "
+        "--out and --no-progress only",
+    )
     demo.add_argument("--seed", type=int, default=0, help="data, model and shuffling")
     demo.add_argument(
         "--out",
@@ -301,6 +309,29 @@ def _run_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             "from a checkout, pip install -e '.[demo]'\n",
         )
     _check_out(parser, args.out)
+    if args.compare:
+        if args.study is not None:
+            parser.error("--compare and --study are two different runs: give one")
+        taken = ("compare", "seed", "out", "no_progress", "subparser", "command")
+        given = [
+            k
+            for k, v in vars(args).items()
+            if k not in taken and v != parser.get_default(k)
+        ]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            parser.error(
+                f"--compare runs a fixed comparison and takes --seed, --out and "
+                f"--no-progress only: drop {flag} (benchmarks/family.py takes more)"
+            )
+        from floodax.experiments.compare import run_compare
+
+        print(
+            "floodax demo --compare: a short version of benchmarks/family.py "
+            "(which compares the whole family on every dataset over five seeds)"
+        )
+        run_compare(args.out, seed=args.seed, progress=not args.no_progress)
+        return 0
     if args.study is not None:
         print(
             f"floodax demo --study {args.study}: a short version of the study "

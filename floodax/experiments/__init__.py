@@ -1,15 +1,21 @@
-"""The paper's experiments: datasets, the MLP, NNX training, the one-run sweep.
+"""The paper's experiments: datasets, the MLP, NNX training, the one-run sweep,
+and the family of methods compared.
 
 Needs the ``demo`` extra (from a checkout, ``pip install -e ".[demo]"``): Flax,
 scikit-learn and matplotlib (its tqdm is for benchmarks/). The core
 ``floodax`` package does not.
 """
 
+from floodax.experiments.compare import FamilyConfig as FamilyConfig
+from floodax.experiments.compare import run_family as run_family
 from floodax.experiments.datasets import DATASETS as DATASETS
 from floodax.experiments.datasets import Dataset as Dataset
 from floodax.experiments.datasets import load_dataset as load_dataset
 from floodax.experiments.datasets import load_digits_dataset as load_digits_dataset
 from floodax.experiments.datasets import make_synthetic as make_synthetic
+from floodax.experiments.family import FAMILY as FAMILY
+from floodax.experiments.family import Method as Method
+from floodax.experiments.family import get_method as get_method
 from floodax.experiments.models import MLP as MLP
 from floodax.experiments.training import PAPER_GRID as PAPER_GRID
 from floodax.experiments.training import HeldOutLosses as HeldOutLosses
@@ -26,20 +32,25 @@ from floodax.experiments.training import train as train
 
 __all__ = [
     "DATASETS",
+    "FAMILY",
     "MLP",
     "PAPER_GRID",
     "Dataset",
+    "FamilyConfig",
     "HeldOutLosses",
     "History",
+    "Method",
     "SweepResult",
     "TrainConfig",
     "TrainResult",
     "cross_entropy",
+    "get_method",
     "heldout_losses",
     "load_dataset",
     "load_digits_dataset",
     "make_optimizer",
     "make_synthetic",
+    "run_family",
     "select_flood_level",
     "sweep_flood_levels",
     "train",

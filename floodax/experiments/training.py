@@ -2,12 +2,15 @@
 
 Flooding enters through ``optax.inject_hyperparams(floodax.flood)``, so the
 flood level is an array in the optimizer state: the same compiled epoch
-trains any level. The sweep over the paper's grid {0, 0.01, …, 0.50} either
-runs that one compiled epoch level after level (``vectorized=False``: each
-level's run is then *bit for bit* what :func:`train` gives at that level),
-or trains all levels at once under ``jax.vmap`` (``vectorized=True``: the
-batched matrix products round differently, so each run agrees with
-:func:`train` to rounding at first and drifts from it over a long run;
+trains any level. Every other method of the family
+(:mod:`floodax.experiments.family`) enters the same way, its one
+hyperparameter an array in the optimizer state or the run's carry. The
+sweep over the paper's grid {0, 0.01, …, 0.50} either runs that one
+compiled epoch level after level (``vectorized=False``: each level's run
+is then *bit for bit* what :func:`train` gives at that level), or trains
+all levels at once under ``jax.vmap`` (``vectorized=True``: the batched
+matrix products round differently, so each run agrees with :func:`train`
+to rounding at first and drifts from it over a long run;
 ``benchmarks/sweep_drift.md`` measures how far).
 
 The protocol follows the authors' code (takashiishida/flooding,
@@ -33,16 +36,22 @@ import optax
 from flax import nnx
 
 import floodax
+import floodax.nnx
 from floodax._progress import Progress, progress_bar
 from floodax._validation import check_int, check_real, check_scalar_hyperparam
 from floodax.experiments.datasets import Dataset
+from floodax.experiments.family import (
+    Method,
+    build_optimizer,
+    get_method,
+    set_hyperparameter,
+)
 
 PAPER_GRID = tuple(round(0.01 * i, 2) for i in range(51))
 """The paper's flood levels: 0, 0.01, …, 0.50."""
 
 VALIDATIONS = ("clean", "noisy")
 TIE_BREAKS = ("val_loss", "largest_level")
-METHODS = ("flood", "iflood", "adaflood")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +71,17 @@ class TrainConfig:
         early stopping: ``"clean"`` (the authors' demo selects on the clean
         validation accuracy) or ``"noisy"`` (what a practitioner without
         clean labels has).
-      method: ``"flood"`` floods the mean mini-batch loss with the optax
-        transformation :func:`floodax.flood` (Ishida et al.); ``"iflood"``
-        floods each example (:func:`floodax.iflooded`, Xie et al.);
-        ``"adaflood"`` floods each example at its own level from held-out
-        auxiliary losses (:func:`floodax.adaflood_levels`, Bae et al.). The
-        swept value is the flood level ``b`` for the first two and AdaFlood's
-        ``γ`` for the third.
+      method: a name of :data:`floodax.experiments.family.FAMILY` or a
+        :class:`~floodax.experiments.family.Method`: ``"flood"`` floods the
+        mean mini-batch loss with the optax transformation
+        :func:`floodax.flood` (Ishida et al.); ``"iflood"`` floods each
+        example (:func:`floodax.iflooded`, Xie et al.); ``"adaflood"`` floods
+        each example at its own level from held-out auxiliary losses
+        (:func:`floodax.adaflood_levels`, Bae et al.); ``"softad"``, ``"sam"``
+        and the other entries train as the registry says. The swept value
+        (``flood_level``) is the entry's one hyperparameter: the flood level
+        ``b`` for the first two, AdaFlood's ``γ``, SoftAD's ``θ``, SAM's
+        ``ρ``, and so on.
       seed: seeds the shuffling of mini-batches.
     """
 
@@ -79,7 +92,7 @@ class TrainConfig:
     batch_size: int | None = None
     early_stopping_patience: int | None = None
     validation: str = "clean"
-    method: str = "flood"
+    method: str | Method = "flood"
     seed: int = 0
 
     def __post_init__(self):
@@ -103,8 +116,7 @@ class TrainConfig:
             raise ValueError(
                 f"`validation` must be one of {VALIDATIONS}, got {self.validation!r}."
             )
-        if self.method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}.")
+        get_method(self.method)
         check_int("seed", self.seed, minimum=0)
 
 
@@ -155,7 +167,8 @@ class TrainResult(NamedTuple):
     Attributes:
       model: the trained model.
       history: its :class:`History`.
-      flood_level: the flood level (AdaFlood: ``γ``) it was trained with.
+      flood_level: the flood level (AdaFlood: ``γ``; another entry: its
+        hyperparameter) it was trained with.
       steps: optimizer steps taken.
       ascent_share: the share of steps that ascended (iFlood, AdaFlood: the
         mean share of examples flooded below their level).
@@ -207,16 +220,20 @@ class SweepResult(NamedTuple):
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformationExtraArgs:
-    """SGD or Adam, after flooding for ``method="flood"`` (the level lives in
-    the optimizer state, set by :func:`train`); iFlood and AdaFlood flood the
-    per-example losses instead, so their optimizer is SGD or Adam alone."""
+    """SGD or Adam around the method's transformation
+    (:func:`floodax.experiments.family.build_optimizer`): after
+    ``floodax.flood`` for ``method="flood"``, after SAM for ``"sam"`` (the
+    hyperparameter lives in the optimizer state, set by :func:`train`);
+    with the alternating scheme in place of the learning rate for
+    ``"alternate"``. Methods that change the loss instead (iFlood, AdaFlood,
+    SoftAD) and ERM train with SGD or Adam alone."""
     if config.optimizer == "sgd":
         inner = optax.sgd(config.learning_rate, momentum=config.momentum)
+        preconditioner = optax.trace(decay=config.momentum)
     else:
         inner = optax.adam(config.learning_rate)
-    if config.method != "flood":
-        return optax.with_extra_args_support(inner)
-    return optax.chain(optax.inject_hyperparams(floodax.flood)(flood_level=0.0), inner)
+        preconditioner = optax.scale_by_adam()
+    return build_optimizer(config.method, inner, preconditioner)
 
 
 def cross_entropy(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -253,6 +270,7 @@ class _Runner:
         aux_losses: np.ndarray | None = None,
     ):
         self.config = config
+        self.method = get_method(config.method)
         optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
         model.train()
         self.graphdef, self.init_state = nnx.split((model, optimizer))
@@ -260,7 +278,7 @@ class _Runner:
         self.batch = min(config.batch_size or n, n)
         self.n_batches = n // self.batch
         self.data = {k: jnp.asarray(getattr(dataset, k)) for k in self.SPLITS}
-        if config.method == "adaflood":
+        if self.method.needs_aux:
             self.data["aux_losses"] = jnp.asarray(aux_losses, jnp.float32)
         self.test = (jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
 
@@ -268,8 +286,7 @@ class _Runner:
         """The initial state and carry for ``level``; call it under ``jit``,
         which gives it fresh buffers to write into."""
         model, optimizer = nnx.merge(self.graphdef, state)
-        if self.config.method == "flood":
-            optimizer.opt_state[0].hyperparams["flood_level"][...] = level
+        set_hyperparameter(self.method, optimizer.opt_state, level)
         # Strongly typed, as the epoch returns them: a weakly typed initial
         # carry would make the second epoch compile the function again.
         run = _Run(
@@ -283,28 +300,26 @@ class _Runner:
         return nnx.state((model, optimizer)), run
 
     def _step(self, state: Any, level: jax.Array, x, y, aux) -> tuple[Any, ...]:
-        """One optimizer step; returns the state, the plain mean loss and the
-        step's ascent (1/0 for flooding, the flooded share for per-example)."""
+        """One optimizer step of the method's objective, with ``value`` and,
+        where the entry's transformation takes it, ``value_fn``; returns the
+        state, the plain mean loss and the step's ascent share (the entry's
+        ``ascent``)."""
         model, optimizer = nnx.merge(self.graphdef, state)
-        method = self.config.method
-        if method == "flood":
-            loss, grads = nnx.value_and_grad(cross_entropy)(model, x, y)
-            optimizer.update(model, grads, value=loss)
-            # The comparison flood() makes: value < b, in the loss's dtype.
-            ascent = (loss < level.astype(loss.dtype)).astype(jnp.float32)
-            return nnx.state((model, optimizer)), loss, ascent
-        if method == "iflood":
-            levels = level
-        else:
-            levels = floodax.adaflood_levels(aux, gamma=level)
+        method = self.method
 
-        def flooded(model):
+        def objective(model):
             losses = optax.softmax_cross_entropy_with_integer_labels(model(x), y)
-            return floodax.iflooded(losses, levels), losses
+            return method.objective(losses, level, aux), losses
 
-        (_, losses), grads = nnx.value_and_grad(flooded, has_aux=True)(model)
-        optimizer.update(model, grads)
-        ascent = jnp.mean(losses < levels).astype(jnp.float32)
+        if method.value_fn:
+            (value, losses), grads, value_fn = floodax.nnx.value_and_grad(
+                objective, model, has_aux=True
+            )
+            optimizer.update(model, grads, value=value, value_fn=value_fn)
+        else:
+            (value, losses), grads = nnx.value_and_grad(objective, has_aux=True)(model)
+            optimizer.update(model, grads, value=value)
+        ascent = method.ascent(losses, value, level, aux)
         return nnx.state((model, optimizer)), losses.mean(), ascent
 
     def _train_epoch(self, state: Any, run: _Run, epoch: jax.Array, data: dict):
@@ -458,24 +473,24 @@ def _run_epochs(
 
 def _check_levels(levels: np.ndarray, config: TrainConfig, aux_losses: Any) -> None:
     """The swept values, and AdaFlood's held-out losses when it needs them."""
-    name = "gamma" if config.method == "adaflood" else "flood_level"
+    method = get_method(config.method)
     for value in levels:
-        check_scalar_hyperparam(name, float(value))
-    if config.method != "adaflood":
+        check_scalar_hyperparam(method.argument, float(value))
+    if method.upper is not None and np.any(levels >= method.upper):
+        raise ValueError(
+            f"with method={method.name!r} the levels are {method.symbol} values in "
+            f"[0, {method.upper:g}), got {float(levels.max())}."
+        )
+    if not method.needs_aux:
         if aux_losses is not None:
             raise ValueError(
                 "`aux_losses` are AdaFlood's; pass them with "
                 "TrainConfig(method='adaflood'), or drop them."
             )
         return
-    if np.any(levels >= 1):
-        raise ValueError(
-            f"with method='adaflood' the levels are γ values in [0, 1), got "
-            f"{float(levels.max())}."
-        )
     if aux_losses is None:
         raise ValueError(
-            "method='adaflood' needs the held-out losses of the training "
+            f"method={method.name!r} needs the held-out losses of the training "
             "examples: aux_losses=heldout_losses(model, dataset, config).losses."
         )
     # Checks finiteness and sign, as the levels will use them.
@@ -500,7 +515,12 @@ def train(
     below 0). With ``method="flood"`` the train step calls
     ``optimizer.update(model, grads, value=loss)`` on a chain that starts with
     ``floodax.flood``; with ``"iflood"`` and ``"adaflood"`` it differentiates
-    ``floodax.iflooded`` of the per-example losses. Training and validation
+    ``floodax.iflooded`` of the per-example losses; any other entry of
+    :data:`floodax.experiments.family.FAMILY` trains as its entry says, its
+    one hyperparameter passed as ``flood_level`` (every step passes
+    ``value=`` the objective and, where the entry's transformation takes
+    it, ``value_fn=`` it as a function of the parameters, from
+    :func:`floodax.nnx.value_and_grad`). Training and validation
     metrics are recorded after every epoch; the clean test split, which can
     be large (20,000 points in the paper's protocol), every ``test_every``
     epochs and after the last. With early stopping the run ends once the
@@ -517,7 +537,8 @@ def train(
         not modified (the trained copy is returned).
       dataset: the splits.
       config: a :class:`TrainConfig`.
-      flood_level: the flood level ``b`` (AdaFlood: ``γ ∈ [0, 1)``).
+      flood_level: the flood level ``b`` (AdaFlood: ``γ ∈ [0, 1)``; another
+        entry of the family: its one hyperparameter, e.g. SAM's ``ρ``).
       aux_losses: AdaFlood's held-out losses of the training examples
         (:func:`heldout_losses`); only with ``method="adaflood"``.
       test_every: evaluate the test split every this many epochs.
@@ -808,7 +829,8 @@ def sweep_flood_levels(
       dataset: the splits.
       config: a :class:`TrainConfig`.
       flood_levels: the levels to try; the paper's grid by default. With
-        ``config.method="adaflood"``, the ``γ`` values to try.
+        ``config.method="adaflood"``, the ``γ`` values to try; with another
+        entry of the family, its hyperparameter's values.
       aux_losses: AdaFlood's held-out losses (:func:`heldout_losses`); only
         with ``method="adaflood"``.
       tie_break: ``"val_loss"`` or ``"largest_level"``.
