@@ -185,6 +185,32 @@ def train(mode: str, m, start: int, stop: int, runs=None, on_step=None) -> list:
     return history
 
 
+IN_FLIGHT = 100
+
+
+def collectives_in_flight(m: jax.sharding.Mesh) -> list[np.ndarray]:
+    """``IN_FLIGHT`` all-reduces across the processes, dispatched without
+    waiting: each device soon has 32 in flight, and XLA:CPU's thread pool
+    must hold a launch task and a running device for each local device,
+    or they wait for each other forever (the harness's ``PJRT_NPROC``)."""
+    total = jax.jit(
+        shard_map(
+            lambda a: jax.lax.psum(jax.numpy.tanh(a), "data"),
+            mesh=m,
+            in_specs=P("data"),
+            out_specs=P(),
+        )
+    )
+    a = shard_batch(m, in_flight_data())
+    return [to_host(r) for r in [total(a) for _ in range(IN_FLIGHT)]]
+
+
+def in_flight_data() -> np.ndarray:
+    return np.linspace(-1.0, 1.0, eight.N_DEVICES * 16, dtype=np.float32).reshape(
+        eight.N_DEVICES, 16
+    )
+
+
 def _target(m):
     """Where a checkpoint of the ``jit`` runs is restored: replicated on
     this topology's mesh."""
@@ -222,7 +248,8 @@ def two_processes(
             checkpointer.wait_until_finished()
 
     with jax.set_mesh(m):
-        result = {mode: train(mode, m, 0, STEPS) for mode in ("shard_map",)}
+        result = {"in_flight": collectives_in_flight(m)}
+        result["shard_map"] = train("shard_map", m, 0, STEPS)
         result["jit"] = train("jit", m, 0, STEPS, on_step=save_once)
     write_result(folder, result)
 
