@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-FLOOD_LEVEL, STRENGTH, LEARNING_RATE = 0.1, 0.01, 0.1
+STRENGTH, LEARNING_RATE = 0.01, 0.1
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,6 +69,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "others stop (jax.distributed's default is 100)",
     )
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--flood-level", type=float, default=0.5)
     parser.add_argument("--examples-per-device", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=16)
     parser.add_argument("--checkpoint-dir", type=Path)
@@ -212,7 +213,7 @@ def train(args: argparse.Namespace) -> None:
 
     tx = optax.chain(
         floodax.add_grad_norm_penalty(STRENGTH),
-        floodax.flood(FLOOD_LEVEL),
+        floodax.flood(args.flood_level),
         optax.sgd(LEARNING_RATE),
     )
 

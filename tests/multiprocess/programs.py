@@ -185,7 +185,7 @@ def train(mode: str, m, start: int, stop: int, runs=None, on_step=None) -> list:
     return history
 
 
-IN_FLIGHT = 100
+IN_FLIGHT = 50
 
 
 def collectives_in_flight(m: jax.sharding.Mesh) -> list[np.ndarray]:
