@@ -19,12 +19,16 @@ One process per host, by hand (process 0's host runs the coordinator)::
 On a Cloud TPU pod or under SLURM, with no flags: ``jax.distributed``
 detects the coordinator, the process count and this process's id.
 
+Several CPU devices a process need ``PJRT_NPROC`` of at least twice their
+number, or collectives across processes can wait for each other forever
+(README, "Many hosts"); the local launcher sets it.
+
 ``--checkpoint-dir`` saves parameters and optimizer state with orbax every
 ``--checkpoint-every`` steps and resumes from the latest one. If a process
-dies, the others stop with an error once the coordination service misses
-its heartbeats for ``--heartbeat-timeout`` seconds (or at once, when a
-collective's connection to it breaks); the local launcher then stops the
-rest. Run the same command again to resume from the last checkpoint.
+dies, JAX ends the others once the coordination service (in process 0) has
+missed its heartbeats for ``--heartbeat-timeout`` seconds, or at once if
+process 0 died; the local launcher stops the rest when one fails. Run the
+same command again to resume from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -234,27 +238,24 @@ def train(args: argparse.Namespace) -> None:
 
     initial = (params, jax.device_get(tx.init(params)))
     start, manager = 0, None
-    with jax.set_mesh(mesh):
-        state = jax.tree.map(
-            lambda a: jax.make_array_from_process_local_data(replicated, np.asarray(a)),
-            initial,
-        )
-        if args.checkpoint_dir is not None:
-            import orbax.checkpoint as ocp
+    state = jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(replicated, np.asarray(a)),
+        initial,
+    )
+    if args.checkpoint_dir is not None:
+        import orbax.checkpoint as ocp
 
-            manager = ocp.CheckpointManager(args.checkpoint_dir.absolute())
-            if manager.latest_step() is not None:
-                start = manager.latest_step()
-                target = jax.tree.map(
-                    lambda a: jax.ShapeDtypeStruct(
-                        a.shape, a.dtype, sharding=replicated
-                    ),
-                    state,
-                )
-                state = manager.restore(start, args=ocp.args.StandardRestore(target))
-        state, loss = run(state, xs, ys, start, args.steps, manager)
-        if manager is not None:
-            manager.wait_until_finished()
+        manager = ocp.CheckpointManager(args.checkpoint_dir.absolute())
+        if manager.latest_step() is not None:
+            start = manager.latest_step()
+            target = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                state,
+            )
+            state = manager.restore(start, args=ocp.args.StandardRestore(target))
+    state, loss = run(state, xs, ys, start, args.steps, manager)
+    if manager is not None:
+        manager.wait_until_finished()
     ascents = int(optax.tree.get(state[1], "FloodState").ascent_count)
 
     if jax.process_index() == 0:

@@ -124,7 +124,9 @@ def test_two_processes_match_one_and_checkpoints_survive_topologies_and_a_fault(
         )
         stopped_after = time.monotonic() - died
         codes, logs = job.returncodes(), job.logs()
-    assert codes == [-signal.SIGABRT, -signal.SIGKILL], job.failure("exit codes")
+    # JAX ends process 0 itself: SIGABRT in JAX 0.10, exit code 1 in 0.8.
+    assert codes[1] == -signal.SIGKILL, job.failure("exit codes")
+    assert codes[0] in (-signal.SIGABRT, 1), job.failure("exit codes")
     assert "Terminating process because the JAX distributed service detected" in logs[0]
     assert "stopped sending heartbeats" in logs[0]
     assert stopped_after < 2 * HEARTBEAT

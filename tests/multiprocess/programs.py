@@ -247,10 +247,9 @@ def two_processes(
             checkpointer.save(Path(checkpoint).absolute(), runs)
             checkpointer.wait_until_finished()
 
-    with jax.set_mesh(m):
-        result = {"in_flight": collectives_in_flight(m)}
-        result["shard_map"] = train("shard_map", m, 0, STEPS)
-        result["jit"] = train("jit", m, 0, STEPS, on_step=save_once)
+    result = {"in_flight": collectives_in_flight(m)}
+    result["shard_map"] = train("shard_map", m, 0, STEPS)
+    result["jit"] = train("jit", m, 0, STEPS, on_step=save_once)
     write_result(folder, result)
 
     manager = ocp.CheckpointManager(Path(checkpoints).absolute())
@@ -261,8 +260,7 @@ def two_processes(
         manager.save(t + 1, args=ocp.args.StandardSave(runs))
         manager.wait_until_finished()
 
-    with jax.set_mesh(m):
-        train("jit", m, 0, STEPS, on_step=save_or_die)
+    train("jit", m, 0, STEPS, on_step=save_or_die)
     raise AssertionError(f"process {dying} was to die at step {FAULT_STEP}")
 
 
@@ -276,21 +274,16 @@ def restore(folder: Path, *, checkpoint: str, checkpoints: str | None = None) ->
     del folder
     m = mesh()
     result = {"devices": jax.device_count()}
-    with jax.set_mesh(m):
-        runs = ocp.StandardCheckpointer().restore(
-            Path(checkpoint).absolute(), _target(m)
+    runs = ocp.StandardCheckpointer().restore(Path(checkpoint).absolute(), _target(m))
+    result["restored"] = to_host(runs)
+    result["resumed"] = train("jit", m, SAVED_STEP, STEPS, runs)
+    if checkpoints is not None:
+        manager = ocp.CheckpointManager(Path(checkpoints).absolute())
+        latest = manager.latest_step()
+        result["latest"] = (
+            latest,
+            to_host(manager.restore(latest, args=ocp.args.StandardRestore(_target(m)))),
         )
-        result["restored"] = to_host(runs)
-        result["resumed"] = train("jit", m, SAVED_STEP, STEPS, runs)
-        if checkpoints is not None:
-            manager = ocp.CheckpointManager(Path(checkpoints).absolute())
-            latest = manager.latest_step()
-            result["latest"] = (
-                latest,
-                to_host(
-                    manager.restore(latest, args=ocp.args.StandardRestore(_target(m)))
-                ),
-            )
-        if jax.process_count() == 1:
-            result.update({mode: train(mode, m, 0, STEPS) for mode in MODES})
+    if jax.process_count() == 1:
+        result.update({mode: train(mode, m, 0, STEPS) for mode in MODES})
     return result
