@@ -1,22 +1,24 @@
 """Starts N JAX processes on this machine and runs one function in all of them.
 
 The processes meet through ``jax.distributed.initialize`` on 127.0.0.1 at a
-free port, each with ``M`` CPU devices, and JAX's CPU collectives between
-them (gloo, ``jax_cpu_collectives_implementation``'s default since JAX 0.4.36;
-the same settings as JAX's own multi-process tests, ``jax/_src/
-test_multiprocess.py`` in jax-ml/jax, there with one device a process).
+free port, each with ``M`` CPU devices (``JAX_NUM_CPU_DEVICES``), and JAX's
+CPU collectives between them: gloo, the default of
+``jax_cpu_collectives_implementation`` in JAX 0.8 and 0.10. The timeouts are
+those of JAX's own multi-process tests (``jax/_src/test_multiprocess.py`` in
+jax-ml/jax, which run one device a process).
 
 **Several devices a process need ``PJRT_NPROC >= 2·M``.** XLA:CPU runs each
-device's part of a program and the task that launches it on one thread pool
-of ``max(PJRT_NPROC, M)`` threads (``PJRT_NPROC`` defaults to the number of
-cores). A cross-process all-reduce holds a pool thread for each local device
-until every device of every process has joined it; with 2 cores and ``M >=
-2`` the pool has ``M`` threads, one of them is busy launching, the last
-local device never starts, and the devices already in the all-reduce wait
-for it forever (gloo has no deadline of its own, unlike the in-process
-all-reduce, which aborts after 40 s: ``tests/test_data_parallel.py``). ``2·M``
-threads hold the launch tasks and the devices at once. :func:`environment`
-sets it; see README's "Many hosts".
+device's part of a program, and the task that launches it, on one thread
+pool of ``max(PJRT_NPROC, M)`` threads (``PJRT_NPROC`` defaults to the
+number of cores). Once a device has 32 programs in flight its launch task
+holds a thread, and a cross-process all-reduce holds one for each local
+device that has joined it; with 2 cores and ``M >= 2`` the last local
+device then never gets a thread, and the others wait for it forever, every
+thread asleep (gloo gave no error in 60 s; the in-process all-reduce of one
+process aborts after 40 s, ``tests/test_data_parallel.py``). Measured with
+50 to 100 all-reduces dispatched without waiting: ``M = 4`` hangs with 4 to
+7 threads and runs with 8, ``M = 2`` hangs with 2 or 3 and runs with 4.
+:func:`environment` sets it; see README's "Many hosts".
 
 The parent never imports JAX: starting the processes costs it nothing. Each
 process writes its output to ``process_<i>.log`` and its result to

@@ -25,7 +25,7 @@ def main(argv: list[str]) -> None:
         "heartbeat_timeout_seconds": int(heartbeat),
         "initialization_timeout": 60,
     }
-    # JAX >= 0.9 has it; 0.8 waits its fixed default at shutdown.
+    # JAX 0.10 has it; 0.8 does not.
     if (
         "shutdown_timeout_seconds"
         in inspect.signature(jax.distributed.initialize).parameters
