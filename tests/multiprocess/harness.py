@@ -88,8 +88,8 @@ def environment(local_devices: int) -> dict[str, str]:
 
 
 class Job:
-    """Processes started together: ``wait`` for them, ``kill`` one, read
-    their ``logs``. Use as a context manager: leaving it kills every
+    """Processes started together: ``wait`` for them, read their
+    ``logs``. Use as a context manager: leaving it kills every
     process still running, with its children."""
 
     def __init__(
@@ -135,17 +135,14 @@ class Job:
     def returncodes(self) -> list[int | None]:
         return [p.poll() for p in self.processes]
 
-    def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
-        """Sends ``sig`` to process ``index`` and its children."""
-        try:
-            os.killpg(self.processes[index].pid, sig)
-        except ProcessLookupError:
-            pass
-
     def kill_all(self) -> None:
-        for i, process in enumerate(self.processes):
+        """Kills every process still running, with its children."""
+        for process in self.processes:
             if process.poll() is None:
-                self.kill(i)
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             process.wait()
 
     def failure(self, reason: str) -> ProcessesFailed:
