@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_data_parallel_suite_on_8_devices():
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        # After this process's flags (tests/conftest.py's loop emitters).
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+        "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
         "PJRT_NPROC": str(max(16, os.cpu_count() or 1)),
     }

@@ -63,21 +63,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# XLA:CPU's older loop emitters compile these tiny programs about 4× faster
-# than its fusion emitters (the all-forms step: 0.3 s against 1.1 s; the
-# multi-process tests' CPU time 25 s against 35 s). Every run a test compares
-# is compiled the same way; without the flag they give the same results.
-FAST_COMPILE = "--xla_cpu_use_fusion_emitters=false"
-
-
 def environment(local_devices: int) -> dict[str, str]:
     """The environment of one of the processes: JAX on CPU with
     ``local_devices`` devices, a thread pool of at least two threads a
-    device (see the module's docstring), and ``FAST_COMPILE``."""
+    device (see the module's docstring), and this process's ``XLA_FLAGS``
+    (tests/conftest.py adds XLA:CPU's faster-compiling loop emitters)."""
     threads = max(2 * local_devices, int(os.environ.get("PJRT_NPROC", "0") or 0))
     return {
         **os.environ,
-        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip(),
         "JAX_PLATFORMS": "cpu",
         "JAX_NUM_CPU_DEVICES": str(local_devices),
         "PJRT_NPROC": str(threads),
