@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 import floodax
 
@@ -354,8 +355,12 @@ def set_hyperparameter(method: str | Method, opt_state, value):
         return opt_state
     injected = _injected_state(method, opt_state)
     current = injected.hyperparams[method.argument]
-    if hasattr(current, "get_value"):  # an NNX variable
-        current[...] = jnp.asarray(value, current[...].dtype)
+    if isinstance(current, nnx.Variable):  # an NNX optimizer's state
+        # Flax 0.12.0's variables have `.value` only; later ones `[...]`.
+        if hasattr(current, "set_value"):
+            current[...] = jnp.asarray(value, current[...].dtype)
+        else:
+            current.value = jnp.asarray(value, current.value.dtype)
         return opt_state
     injected.hyperparams[method.argument] = jnp.asarray(value, current.dtype)
     return opt_state
