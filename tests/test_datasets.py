@@ -410,8 +410,9 @@ def test_cnn_initialisation_follows_pytorchs_conv_default():
         bound = fan_in**-0.5
         for values in (layer.kernel[...], layer.bias[...]):
             assert np.abs(values).max() <= bound
-    # 144 kernel entries uniform on ±bound: their largest is near the bound.
-    assert np.abs(second.kernel[...]).max() > 0.9 * (4 * 9) ** -0.5
+    # 72 and 144 kernel entries uniform on ±bound: their largest is near it.
+    for conv, fan_in in ((first, 2 * 9), (second, 4 * 9)):
+        assert np.abs(conv.kernel[...]).max() > 0.9 * fan_in**-0.5
     flax_init = _cnn(*CNNS[1])
     assert not any(np.any(conv.bias[...]) for conv in flax_init.convs)
     assert np.abs(flax_init.convs[1].kernel[...]).max() > (4 * 3) ** -0.5
