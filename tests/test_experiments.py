@@ -886,7 +886,7 @@ def test_demo_flags_a_flooded_run_at_chance():
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--label-noise", "2"], "--label-noise must lie in"),
         (["--flood-level", "-0.1"], "--flood-level must be positive"),
-        (["--dataset", "mnist"], "invalid choice: 'mnist'"),
+        (["--dataset", "cifar10"], "invalid choice: 'cifar10'"),
         (["--flood-level", "0.1", "--grid", "0,0.1"], "not allowed with argument"),
     ],
 )
