@@ -39,16 +39,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from flax import nnx
 
 import floodax
 from floodax._names import DATASETS
 from floodax._progress import Progress, progress_bar
 from floodax._validation import check_int, check_real
-from floodax.experiments.datasets import Dataset, load_dataset
+from floodax.experiments.datasets import load_dataset
 from floodax.experiments.demo import estimate_seconds
 from floodax.experiments.family import get_method
-from floodax.experiments.models import MLP
+from floodax.experiments.models import MODEL_KINDS, make_model
 from floodax.experiments.training import (
     SweepResult,
     TrainConfig,
@@ -75,9 +74,11 @@ class FamilyConfig:
         initialisation and the mini-batch order.
       epochs: passes over the training split.
       batch_size, learning_rate, momentum: the optimizer (SGD).
-      model: ``"mlp"``, the only kind :func:`make_model` builds for now (the
-        CNN comes with the image datasets' model factory).
-      width, depth: the MLP's hidden layers.
+      model: ``"mlp"`` or ``"cnn"`` (:func:`floodax.experiments.make_model`;
+        the CNN needs datasets with an ``image_shape``: mnist, mnist1d,
+        digits).
+      width, depth: the MLP's hidden units and layers, or the CNN's channels
+        and convolutions.
       validation: ``"noisy"`` or ``"clean"`` validation labels for the
         choice.
       grids: ``((method, values), ...)`` replacing registry grids.
@@ -139,11 +140,12 @@ class FamilyConfig:
             )
         for seed in self.seeds:
             check_int("seeds", seed, minimum=0)
-        if self.model != "mlp":
+        if self.model not in MODEL_KINDS:
             raise ValueError(
-                f"`model` must be 'mlp' here, got {self.model!r}: the CNN comes "
-                "with the image datasets' model factory."
+                f"`model` must be one of {MODEL_KINDS}, got {self.model!r}."
             )
+        check_int("width", self.width, minimum=1)
+        check_int("depth", self.depth, minimum=1)
         # The optimizer and the validation labels, checked as training will.
         _train_config(self, "erm", 0)
         if self.rule and not {"erm", "flood"} <= set(self.methods):
@@ -163,25 +165,6 @@ class FamilyConfig:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         out["grids"] = {m: list(self.grid(m)) for m in self.methods}
         return json.loads(json.dumps(out))
-
-
-def make_model(
-    data: Dataset, kind: str = "mlp", *, width: int = 256, depth: int = 2, seed: int = 0
-) -> nnx.Module:
-    """The classifier for ``data``: an MLP of ``depth`` × ``width`` units with the
-    authors' PyTorch initialisation and batch norm (:class:`MLP`)."""
-    if kind != "mlp":
-        raise ValueError(
-            f"`kind` must be 'mlp' here, got {kind!r}: the CNN comes with the "
-            "image datasets' model factory."
-        )
-    return MLP(
-        int(np.prod(data.x_train.shape[1:])),
-        data.num_classes,
-        width=width,
-        depth=depth,
-        rngs=nnx.Rngs(seed),
-    )
 
 
 def cell_key(dataset: str, noise: float, method: str, seed: int) -> str:
