@@ -348,6 +348,12 @@ def test_the_cache_skips_finished_cells_and_refuses_another_protocol(tmp_path):
     other = FamilyConfig(**{**FAKE.__dict__, "epochs": 7})
     with pytest.raises(ValueError, match=r"another protocol \(differs in \['epochs'\]"):
         run_family(other, str(tmp_path), **kwargs)
+    # "auto" sweeps one value after another on a CPU and under vmap on an
+    # accelerator: a CPU's cache is not resumed there.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jax, "default_backend", lambda: "gpu")
+        with pytest.raises(ValueError, match=r"differs in \['backend', 'vectorized'\]"):
+            run_family(FAKE, str(tmp_path), **kwargs)
 
 
 TINY = FamilyConfig(

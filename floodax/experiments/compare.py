@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 import floodax
@@ -46,11 +47,17 @@ from floodax._progress import Progress, progress_bar
 from floodax._validation import check_int, check_real
 from floodax.experiments.datasets import load_dataset
 from floodax.experiments.demo import estimate_seconds
-from floodax.experiments.family import get_method
+from floodax.experiments.family import (
+    ASCENT_RATIO,
+    GNP_RADIUS,
+    GSAM_ALPHA,
+    get_method,
+)
 from floodax.experiments.models import MODEL_KINDS, make_model
 from floodax.experiments.training import (
     SweepResult,
     TrainConfig,
+    _resolve_vectorized,
     heldout_losses,
     sweep_flood_levels,
     train,
@@ -160,10 +167,23 @@ class FamilyConfig:
         return dict(self.grids).get(method, get_method(method).grid)
 
     def protocol(self) -> dict[str, Any]:
-        """The settings a cached cell depends on (not which cells to run)."""
+        """The settings a cached cell depends on (not which cells to run):
+        the configuration's, the sweep strategy ``"auto"`` resolves to on
+        this backend (a cache begun on a CPU, where the grid runs one value
+        after another, is refused on an accelerator, where it runs under
+        ``vmap`` and rounds differently), and the registry's fixed
+        constants."""
         skip = ("datasets", "label_noises", "methods", "seeds", "rule", "grids")
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         out["grids"] = {m: list(self.grid(m)) for m in self.methods}
+        out["vectorized"] = _resolve_vectorized(self.vectorized)
+        out["backend"] = jax.default_backend()
+        out["constants"] = {
+            "aux_folds": AUX_FOLDS,
+            "gsam_alpha": GSAM_ALPHA,
+            "gnp_radius": GNP_RADIUS,
+            "ascent_ratio": ASCENT_RATIO,
+        }
         return json.loads(json.dumps(out))
 
 
