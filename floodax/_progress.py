@@ -86,11 +86,8 @@ class Progress:
         done = self.n
         filled = WIDTH * done // self.total
         elapsed = self._clock() - self._start
-        left = None
-        if self._first is not None and done > self._first[0]:
-            since, then = self._first
-            left = (self._clock() - then) / (done - since) * (self.total - done)
-        eta = "?" if left is None else _clock(left)
+        rate = self._seconds_per_unit()
+        eta = "?" if rate is None else _clock(rate * (self.total - done))
         return (
             f"{self.desc}: {100 * done // self.total:3d}% "
             f"|{'#' * filled}{'.' * (WIDTH - filled)}| {done}/{self.total} "
@@ -117,13 +114,20 @@ class Progress:
         if self._clock() - self._drawn >= REDRAW_SECONDS or self.n >= self.total:
             self._draw()
 
+    def _seconds_per_unit(self) -> float | None:
+        """The rate since the first unit (``None`` until a unit after it)."""
+        if self._first is None or self.n <= self._first[0]:
+            return None
+        since, then = self._first
+        return (self._clock() - then) / (self.n - since)
+
     def total_seconds(self) -> float | None:
         """The whole run's time at the rate since the first unit (``None``
         until there is one)."""
-        since, then = self._first or (self.n, 0.0)
-        if self.n <= since:
+        rate = self._seconds_per_unit()
+        if rate is None:
             return None
-        rate = (self._clock() - then) / (self.n - since)
+        since, then = self._first
         return then - self._start + rate * (self.total - since)
 
     def _maybe_announce(self) -> None:
@@ -133,9 +137,7 @@ class Progress:
         seconds, threshold, self._announce = self.total_seconds(), self._announce, None
         if seconds is None or seconds <= threshold:
             return
-        if self.enabled and self._width:
-            self._stream.write("\r" + " " * self._width + "\r")
-            self._width = 0
+        self._erase()
         self._stream.write(
             f"note: {self.desc}: about {seconds / 60:.0f} minutes in all on this "
             f"machine, at the rate of {self.n}/{self.total} so far; Ctrl-C "
@@ -154,11 +156,15 @@ class Progress:
         self._stream.flush()
         self._width = len(text)
 
-    def close(self) -> None:
-        """Erases the bar, leaving the line to what is printed next."""
+    def _erase(self) -> None:
         if self.enabled and self._width:
             self._stream.write("\r" + " " * self._width + "\r")
             self._stream.flush()
+            self._width = 0
+
+    def close(self) -> None:
+        """Erases the bar, leaving the line to what is printed next."""
+        self._erase()
         self.enabled = False
 
 
