@@ -562,6 +562,17 @@ def test_tie_breaks_on_real_ties():
         val_clean_loss=np.array([[0.5, np.nan], [0.5, np.nan], [0.5, 0.9], [0.5, 0.1]])
     )
     assert select_flood_level(nan, levels) == 2
+    # A diverged run (non-finite final loss) ranks after every finite run
+    # even when its broken logits score the best accuracy; with every run
+    # diverged, accuracy chooses among them.
+    broken = history._replace(
+        val_clean_accuracy=np.array([[0, 0.3], [0, 0.99], [0, 0.5], [0, 0.4]]),
+        val_clean_loss=np.array([[0, 0.2], [0, np.nan], [0, 0.9], [0, np.inf]]),
+    )
+    assert select_flood_level(broken, levels) == 2
+    assert select_flood_level(broken, levels, tie_break="largest_level") == 2
+    gone = broken._replace(val_clean_loss=np.full((4, 2), np.nan))
+    assert select_flood_level(gone, levels) == 1
     with pytest.raises(ValueError, match="`tie_break` must be one of"):
         select_flood_level(history, levels, tie_break="first")
 

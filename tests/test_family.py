@@ -4,6 +4,7 @@ that compares it (floodax/experiments/family.py and compare.py)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -153,6 +154,10 @@ def test_adaflood_entry_is_iflood_at_adaflood_levels():
         ({"epochs": 0}, ValueError, "`epochs` must be an integer >= 1"),
         ({"validation": "test"}, ValueError, "`validation` must be one of"),
         ({"learning_rate": -0.1}, ValueError, "`learning_rate`"),
+        ({"seeds": (0, 1, 0)}, ValueError, "`seeds` must not repeat"),
+        ({"methods": ("erm", "erm")}, ValueError, "`methods` must not repeat"),
+        # Equal to 6 digits: they would share one cache key.
+        ({"label_noises": (0.2, 0.2000001)}, ValueError, "`label_noises` must not"),
     ],
 )
 def test_bad_family_configs_are_refused_naming_the_field(change, error, message):
@@ -251,12 +256,26 @@ def _fake_cell(config, dataset, noise, method, seed, *, cells, progress):
             "test_accuracy": 0.70 + 0.01 * seed,
             "seconds": 1.0,
         }
+    if method == harness.RULE_LOGGED:
+        return {
+            "flood_level": 0.2 * (seed + 1),
+            "epoch": 2,
+            "validation_loss_rises": True,
+            "test_accuracy": 0.73 + 0.02 * seed,
+            "seconds": 1.5,
+        }
     base = {"erm": 0.70, "flood": 0.72, "sam": 0.69}[method]
     acc = base + 0.01 * seed + (0.005 * seed**2 if method == "flood" else 0.0)
+    # Flooding's first value diverges on seed 1; every SAM run on seed 2.
+    val_loss = [1.0, 0.9]
+    if (method, seed) == ("flood", 1):
+        val_loss = [math.inf, 0.9]
+    if (method, seed) == ("sam", 2):
+        val_loss = [math.nan, math.nan]
     record = {
         "grid": [0.1, 0.2],
         "val_accuracy": [0.5, 0.6],
-        "val_loss": [1.0, 0.9],
+        "val_loss": val_loss,
         "test_accuracy": [0.0, acc],
         "chosen_index": 1,
         "chosen": 0.2 + seed,
@@ -266,6 +285,7 @@ def _fake_cell(config, dataset, noise, method, seed, *, cells, progress):
     }
     if method == "erm":
         record["train_loss"], record["curve_val_loss"] = [1.0, 0.5], [1.0, 1.1]
+        record["step_loss"] = [1.2, 0.6]
     return record
 
 
@@ -290,7 +310,8 @@ def test_tables_report_the_harness_numbers(tmp_path):
         estimator=_no_estimate,
     )
     cells = json.load(open(tmp_path / "cache.json"))["cells"]
-    assert cells == results["cells"]
+    # (as text: NaN, a diverged run's loss, is not equal to itself)
+    assert json.dumps(cells) == json.dumps(results["cells"])
 
     def accuracy(method):
         return np.array(
@@ -312,21 +333,43 @@ def test_tables_report_the_harness_numbers(tmp_path):
             assert fields[4].startswith(
                 f"{100 * diff.mean():.1f} ± {100 * diff.std(ddof=1):.1f}"
             )
+        diverged = {"erm": "0 of 6", "flood": "1 of 6"}.get(
+            row["method"], "2 of 6 (all, on 1 seeds: chance accuracy)"
+        )
+        assert fields[7] == diverged
     sam = next(r for r in results["rows"] if r["method"] == "sam")
+    assert (sam["diverged"], sam["runs"], sam["chosen_diverged"]) == (2, 6, 1)
     # SAM is 1 point below ERM on every seed: the interval excludes 0.
     assert sam["verdict_erm"] == "hurts"
     assert "SAM (digits, noise 0.2)" in open(results["markdown"]).read()
-    (rule,) = results["rule_rows"]
     flood_acc = accuracy("flood")
-    rule_acc = 0.70 + 0.01 * np.arange(3)
-    assert rule["seeds_within"] == int(
-        (np.abs(rule_acc - flood_acc) <= flood_acc.std(ddof=1)).sum()
-    )
-    assert rule["within_one_std"] == bool(
-        abs(rule_acc.mean() - flood_acc.mean()) <= flood_acc.std(ddof=1)
-    )
-    assert rule["rises"] == 2
-    assert rule["rule_seconds"] == pytest.approx(sum(2.0 + s for s in range(3)) + 3)
+    rules = results["rule_rows"]
+    assert [r["rule"] for r in rules] == [harness.RULE, harness.RULE_LOGGED]
+    lines = results["rule_table"].splitlines()[2:]
+    for rule, line, rule_acc, b, rises, seconds in zip(
+        rules,
+        lines,
+        [0.70 + 0.01 * np.arange(3), 0.73 + 0.02 * np.arange(3)],
+        [0.1 * np.arange(1, 4), 0.2 * np.arange(1, 4)],
+        [2, 3],
+        [3 * 1.0, 3 * 1.5],
+        strict=True,
+    ):
+        assert rule["rule_b"][0] == pytest.approx(b.mean())
+        assert rule["seeds_within"] == int(
+            (np.abs(rule_acc - flood_acc) <= flood_acc.std(ddof=1)).sum()
+        )
+        assert rule["within_one_std"] == bool(
+            abs(rule_acc.mean() - flood_acc.mean()) <= flood_acc.std(ddof=1)
+        )
+        diff = rule_acc - flood_acc
+        fields = [f.strip() for f in line.strip("|").split("|")]
+        assert fields[7].startswith(
+            f"{100 * diff.mean():.1f} ± {100 * diff.std(ddof=1):.1f}"
+        )
+        assert rule["rises"] == rises
+        erm_seconds = sum(2.0 + s for s in range(3))
+        assert rule["rule_seconds"] == pytest.approx(erm_seconds + seconds)
     assert os.path.getsize(results["png"]) > 0
 
 
@@ -340,10 +383,10 @@ def test_the_cache_skips_finished_cells_and_refuses_another_protocol(tmp_path):
     kwargs = {"progress": False, "train_cell": counted, "estimator": _no_estimate}
     small = FamilyConfig(**{**FAKE.__dict__, "seeds": (0,)})
     run_family(small, str(tmp_path), **kwargs)
-    assert len(calls) == 4  # three methods and the rule, seed 0
+    assert len(calls) == 5  # three methods and the two rules, seed 0
     second = run_family(FAKE, str(tmp_path), **kwargs)
-    assert len(calls) == 12 and all(c[3] != 0 for c in calls[4:])
-    assert len(second["trained"]) == 8
+    assert len(calls) == 15 and all(c[3] != 0 for c in calls[5:])
+    assert len(second["trained"]) == 10
     assert run_family(FAKE, str(tmp_path), **kwargs)["trained"] == []
     other = FamilyConfig(**{**FAKE.__dict__, "epochs": 7})
     with pytest.raises(ValueError, match=r"another protocol \(differs in \['epochs'\]"):
@@ -389,12 +432,14 @@ def test_real_cells_choose_on_validation_and_the_rule_reads_erm(uninterrupted):
         assert flood["chosen_index"] == order[0]
         assert flood["chosen_test_accuracy"] == flood["test_accuracy"][order[0]]
         erm = cells[f"digits|0.2|erm|{seed}"]
-        rule = cells[f"digits|0.2|rule|{seed}"]
-        suggestion = floodax.suggest_flood_level(
-            erm["train_loss"], erm["curve_val_loss"]
-        )
-        assert rule["flood_level"] == suggestion.flood_level
-        assert len(erm["train_loss"]) == TINY.epochs
+        for name, curve in (("rule", "train_loss"), ("rule_logged", "step_loss")):
+            suggestion = floodax.suggest_flood_level(erm[curve], erm["curve_val_loss"])
+            rule = cells[f"digits|0.2|{name}|{seed}"]
+            assert rule["flood_level"] == suggestion.flood_level
+            assert len(erm[curve]) == TINY.epochs
+        # The logged mean runs over the epoch, so it lags the loss at the
+        # epoch's end while the model improves.
+        assert erm["step_loss"][0] > erm["train_loss"][0]
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one(uninterrupted, tmp_path):
@@ -415,9 +460,11 @@ def test_estimate_counts_each_methods_runs_and_gradients(monkeypatch):
     """One timed run per dataset, times each cell's runs and gradients."""
     monkeypatch.setattr(harness, "estimate_seconds", lambda *a, **k: 1.0)
     config = FamilyConfig(methods=("erm", "flood", "sam", "adaflood"))
-    cells = [("digits", 0.0, m, 0) for m in ("erm", "flood", "sam", "adaflood", "rule")]
-    # ERM 1 run; flooding 10; SAM 6 at two gradients; AdaFlood 7 + 5 folds; rule 1.
-    assert harness.estimate(config, cells) == 1 + 10 + 12 + 12 + 1
+    methods = ("erm", "flood", "sam", "adaflood", "rule", "rule_logged")
+    cells = [("digits", 0.0, m, 0) for m in methods]
+    # ERM 1 run; flooding 10; SAM 6 at two gradients; AdaFlood 7 + 5 folds;
+    # each rule 1.
+    assert harness.estimate(config, cells) == 1 + 10 + 12 + 12 + 1 + 1
 
 
 def test_demo_compare_prints_the_tables_and_writes_the_png(
@@ -430,7 +477,7 @@ def test_demo_compare_prints_the_tables_and_writes_the_png(
     monkeypatch.setattr(harness, "compare_config", lambda seed=0: TINY)
     assert main(["demo", "--compare", "--out", str(tmp_path), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "0 of 3 cells to train" in printed
+    assert "0 of 4 cells to train" in printed
     assert results["table"] in printed and results["rule_table"] in printed
     assert (tmp_path / "family.png").exists()
     md = (tmp_path / "family.md").read_text()

@@ -25,7 +25,11 @@ The rule of thumb (:func:`floodax.suggest_flood_level`: half the training
 loss where the validation loss starts to rise) is measured beside the
 sweep: from the ERM cell's curves it proposes ``b``, one flooded run trains
 at it, and the second table compares its ``b`` and test accuracy with what
-the flooding sweep chose.
+the flooding sweep chose. "The training loss" is read two ways, each a cell
+of its own: the training split's loss evaluated at each epoch's end, and
+the mean of the epoch's mini-batch losses, which is what a training log
+prints and what flooding compares with ``b`` (it is higher while the model
+improves during the epoch).
 """
 
 from __future__ import annotations
@@ -64,7 +68,16 @@ from floodax.experiments.training import (
 )
 
 RULE = "rule"
-"""The cache's method name for the rule of thumb's flooded run."""
+"""The cache's method name for the rule of thumb's flooded run, ``b`` taken
+from the training split's loss evaluated at each epoch's end."""
+RULE_LOGGED = "rule_logged"
+"""The same, ``b`` taken from the mean of each epoch's mini-batch losses:
+the training loss a training log prints, and the loss flooding compares."""
+RULE_SOURCES = {
+    RULE: ("train_loss", "training split at the epoch's end"),
+    RULE_LOGGED: ("step_loss", "the epoch's mini-batch mean (the log)"),
+}
+"""Each rule cell's ERM curve, and how the tables name it."""
 AUX_FOLDS = 5
 """AdaFlood's auxiliary models (the authors' ``aux_num: 5``)."""
 
@@ -147,6 +160,19 @@ class FamilyConfig:
             )
         for seed in self.seeds:
             check_int("seeds", seed, minimum=0)
+        # A repeat would count one seed twice in the means and the paired
+        # tests; two noise levels equal to 6 digits would share cache keys.
+        for name, keys in (
+            ("datasets", self.datasets),
+            ("label_noises", [f"{n:g}" for n in self.label_noises]),
+            ("methods", self.methods),
+            ("seeds", self.seeds),
+        ):
+            if len(set(keys)) != len(keys):
+                raise ValueError(
+                    f"`{name}` must not repeat a value (label noises are told "
+                    f"apart to 6 significant digits), got {getattr(self, name)}."
+                )
         if self.model not in MODEL_KINDS:
             raise ValueError(
                 f"`model` must be one of {MODEL_KINDS}, got {self.model!r}."
@@ -234,18 +260,18 @@ def run_cell(
     cells: dict[str, dict] | None = None,
     progress: bool | Progress = False,
 ) -> dict[str, Any]:
-    """Trains one cell and returns its record. The rule of thumb's cell
-    (``method="rule"``) reads the ERM cell of the same dataset, noise and
-    seed from ``cells``."""
+    """Trains one cell and returns its record. The rule of thumb's cells
+    (``method="rule"`` and ``"rule_logged"``, :data:`RULE_SOURCES`) read the
+    ERM cell of the same dataset, noise and seed from ``cells``."""
     data = load_dataset(dataset, seed=seed, label_noise=noise)
     model = make_model(
         data, config.model, width=config.width, depth=config.depth, seed=seed
     )
     start = time.perf_counter()
-    if method == RULE:
+    if method in RULE_SOURCES:
         erm = cells[cell_key(dataset, noise, "erm", seed)]
         suggestion = floodax.suggest_flood_level(
-            erm["train_loss"], erm["curve_val_loss"]
+            erm[RULE_SOURCES[method][0]], erm["curve_val_loss"]
         )
         result = train(
             model,
@@ -286,12 +312,13 @@ def run_cell(
     if method == "erm":
         loss, _ = sweep.history.validation(config.validation)
         record["train_loss"] = sweep.history.train_loss[0].tolist()
+        record["step_loss"] = sweep.history.step_loss[0].tolist()
         record["curve_val_loss"] = np.asarray(loss)[0].tolist()
     return record
 
 
 def _cells(config: FamilyConfig) -> list[tuple[str, float, str, int]]:
-    methods = list(config.methods) + ([RULE] if config.rule else [])
+    methods = list(config.methods) + (list(RULE_SOURCES) if config.rule else [])
     return [
         (d, float(n), m, s)
         for d in config.datasets
@@ -303,7 +330,7 @@ def _cells(config: FamilyConfig) -> list[tuple[str, float, str, int]]:
 
 def _units(config: FamilyConfig, method: str) -> int:
     """Epoch units of a cell on the progress bar."""
-    if method == RULE:
+    if method in RULE_SOURCES:
         return config.epochs
     runs = len(config.grid(method))
     if get_method(method).needs_aux:
@@ -348,7 +375,7 @@ def estimate(config: FamilyConfig, pending: Sequence[tuple]) -> float:
         )
     total = 0.0
     for dataset, _, method, _ in pending:
-        cost = 1.0 if method == RULE else get_method(method).cost
+        cost = 1.0 if method in RULE_SOURCES else get_method(method).cost
         total += per_run[dataset] * cost * _units(config, method) / config.epochs
     return total
 
@@ -452,10 +479,26 @@ def _verdict(differences: np.ndarray) -> str:
     return "no clear difference"
 
 
+def _divergence(records: Sequence[dict]) -> dict[str, int]:
+    """How many of the records' runs ended with a non-finite validation
+    loss (diverged), out of how many, and on how many seeds the chosen run
+    was one of them (every value of the grid diverged)."""
+    ended = [np.isfinite(np.asarray(r["val_loss"], np.float64)) for r in records]
+    return {
+        "diverged": int(sum((~e).sum() for e in ended)),
+        "runs": int(sum(e.size for e in ended)),
+        "chosen_diverged": int(
+            sum(not e[r["chosen_index"]] for e, r in zip(ended, records, strict=True))
+        ),
+    }
+
+
 def summarise(config: FamilyConfig, cells: dict[str, dict]) -> list[dict[str, Any]]:
     """One row per dataset × noise × method, over the seeds: the chosen
     value's test accuracy (mean, std), paired per-seed differences against
-    ERM and flooding, the chosen values, and wall time."""
+    ERM and flooding, the chosen values, wall time, and the runs that
+    diverged (``diverged`` of ``runs``; ``chosen_diverged`` seeds on which
+    every run did, so the chosen one too)."""
     rows = []
     for dataset in config.datasets:
         for noise in config.label_noises:
@@ -490,6 +533,12 @@ def summarise(config: FamilyConfig, cells: dict[str, dict]) -> list[dict[str, An
                         cells[cell_key(dataset, noise, method, s)]["seconds"]
                         for s in config.seeds
                     ),
+                    **_divergence(
+                        [
+                            cells[cell_key(dataset, noise, method, s)]
+                            for s in config.seeds
+                        ]
+                    ),
                 }
                 for other in ("erm", "flood"):
                     if other in config.methods and other != method:
@@ -501,8 +550,10 @@ def summarise(config: FamilyConfig, cells: dict[str, dict]) -> list[dict[str, An
 
 
 def summarise_rule(config: FamilyConfig, cells: dict[str, dict]) -> list[dict]:
-    """One row per dataset × noise: the rule of thumb's ``b`` and test
-    accuracy against the flooding sweep's, and their cost."""
+    """One row per dataset × noise × reading of "the training loss"
+    (:data:`RULE_SOURCES`): the rule of thumb's ``b`` and test accuracy
+    against the flooding sweep's, their paired per-seed difference, and
+    their cost."""
     rows = []
     for dataset in config.datasets:
         for noise in config.label_noises:
@@ -515,34 +566,38 @@ def summarise_rule(config: FamilyConfig, cells: dict[str, dict]) -> list[dict]:
                     ]
                 )
 
-            rule_acc, sweep_acc = (
-                get(RULE, "test_accuracy"),
-                get("flood", "chosen_test_accuracy"),
-            )
+            sweep_acc = get("flood", "chosen_test_accuracy")
             sweep_mean, sweep_std = _mean_std(sweep_acc)
-            rule_mean, rule_std = _mean_std(rule_acc)
-            rule_seconds = float(
-                get("erm", "seconds").sum() + get(RULE, "seconds").sum()
-            )
-            sweep_seconds = float(get("flood", "seconds").sum())
-            within = np.abs(rule_acc - sweep_acc) <= sweep_std
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "noise": float(noise),
-                    "rule_b": _mean_std(get(RULE, "flood_level")),
-                    "sweep_b": _mean_std(get("flood", "chosen")),
-                    "rule_accuracy": (rule_mean, rule_std),
-                    "sweep_accuracy": (sweep_mean, sweep_std),
-                    "within_one_std": bool(abs(rule_mean - sweep_mean) <= sweep_std),
-                    "seeds_within": int(within.sum()),
-                    "rises": int(get(RULE, "validation_loss_rises").sum()),
-                    "rule_seconds": rule_seconds,
-                    "sweep_seconds": sweep_seconds,
-                    "rule_runs": 2,
-                    "sweep_runs": len(config.grid("flood")),
-                }
-            )
+            for rule, (_, source) in RULE_SOURCES.items():
+                rule_acc = get(rule, "test_accuracy")
+                rule_mean, rule_std = _mean_std(rule_acc)
+                rule_seconds = float(
+                    get("erm", "seconds").sum() + get(rule, "seconds").sum()
+                )
+                within = np.abs(rule_acc - sweep_acc) <= sweep_std
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "noise": float(noise),
+                        "rule": rule,
+                        "source": source,
+                        "rule_b": _mean_std(get(rule, "flood_level")),
+                        "sweep_b": _mean_std(get("flood", "chosen")),
+                        "rule_accuracy": (rule_mean, rule_std),
+                        "sweep_accuracy": (sweep_mean, sweep_std),
+                        "vs_sweep": _mean_std(rule_acc - sweep_acc),
+                        "verdict_sweep": _verdict(rule_acc - sweep_acc),
+                        "within_one_std": bool(
+                            abs(rule_mean - sweep_mean) <= sweep_std
+                        ),
+                        "seeds_within": int(within.sum()),
+                        "rises": int(get(rule, "validation_loss_rises").sum()),
+                        "rule_seconds": rule_seconds,
+                        "sweep_seconds": float(get("flood", "seconds").sum()),
+                        "rule_runs": 2,
+                        "sweep_runs": len(config.grid("flood")),
+                    }
+                )
     return rows
 
 
@@ -560,6 +615,13 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
 
 
+def _diverged_cell(row: dict) -> str:
+    cell = f"{row['diverged']} of {row['runs']}"
+    if row["chosen_diverged"]:
+        cell += f" (all, on {row['chosen_diverged']} seeds: chance accuracy)"
+    return cell
+
+
 def format_table(rows: Sequence[dict]) -> str:
     """The main table in markdown: test accuracy in %, mean ± std over seeds."""
     header = [
@@ -570,6 +632,7 @@ def format_table(rows: Sequence[dict]) -> str:
         "vs ERM (paired)",
         "vs flooding (paired)",
         "chosen per seed",
+        "runs diverged",
         "wall s",
     ]
     lines = []
@@ -587,6 +650,7 @@ def format_table(rows: Sequence[dict]) -> str:
                 _pm((r["mean"], r["std"])),
                 *versus,
                 "–" if r["method"] == "erm" else f"{r['symbol']} = {chosen}",
+                _diverged_cell(r),
                 f"{r['seconds']:.0f}",
             ]
         )
@@ -598,10 +662,12 @@ def format_rule_table(rows: Sequence[dict]) -> str:
     header = [
         "dataset",
         "noise",
+        "training loss read from",
         "b (rule)",
         "b (sweep)",
         "test acc. % (rule)",
         "test acc. % (sweep)",
+        "rule − sweep (paired)",
         "rule within 1 std",
         "seeds within",
         "val. loss rose",
@@ -611,10 +677,12 @@ def format_rule_table(rows: Sequence[dict]) -> str:
         [
             r["dataset"],
             f"{r['noise']:g}",
+            r["source"],
             _pm(r["rule_b"], 1.0, 3),
             _pm(r["sweep_b"], 1.0, 3),
             _pm(r["rule_accuracy"]),
             _pm(r["sweep_accuracy"]),
+            f"{_pm(r['vs_sweep'])} ({r['verdict_sweep']})",
             "yes" if r["within_one_std"] else "no",
             str(r["seeds_within"]),
             str(r["rises"]),
@@ -648,7 +716,12 @@ def _markdown(config, command, table, rule_table, rows, rule_rows) -> str:
         "worse): " + ("; ".join(worse) if worse else "none") + ".",
     ]
     if rule_rows:
-        hits = sum(r["within_one_std"] for r in rule_rows)
+        hits = [
+            f"{sum(r['within_one_std'] for r in rule_rows if r['rule'] == rule)} "
+            f"of {sum(r['rule'] == rule for r in rule_rows)} settings with the "
+            f"training loss read from {source}"
+            for rule, (_, source) in RULE_SOURCES.items()
+        ]
         parts += [
             "",
             "## The rule of thumb",
@@ -656,35 +729,52 @@ def _markdown(config, command, table, rule_table, rows, rule_rows) -> str:
             "b = half the training loss where the validation loss starts to "
             "rise, from the ERM run (`floodax.suggest_flood_level`), then one "
             "flooded run at it; against the flooding sweep chosen on validation. "
-            "'within 1 std': the rule's mean test accuracy is within one "
-            "standard deviation (over seeds) of the sweep's.",
+            "The training loss is read two ways: the training split's loss "
+            "evaluated at each epoch's end, and the mean of the epoch's "
+            "mini-batch losses (what a training log prints, and what flooding "
+            "compares with b). 'within 1 std': the rule's mean test accuracy "
+            "is within one standard deviation (over seeds) of the sweep's.",
             "",
             rule_table,
             "",
-            f"The rule came within one standard deviation in {hits} of "
-            f"{len(rule_rows)} settings, with 2 runs against the sweep's "
-            f"{rule_rows[0]['sweep_runs']}.",
+            f"The rule came within one standard deviation in {' and '.join(hits)}, "
+            f"with 2 runs against the sweep's {rule_rows[0]['sweep_runs']}.",
         ]
     return "\n".join(parts) + "\n"
 
 
+_VERDICT_COLOURS = {
+    "erm": "#8C8C8C",
+    "helps": "#55A868",
+    "no clear difference": "#4C72B0",
+    "hurts": "#C44E52",
+    "one seed": "#CCB974",
+}
+"""A bar's colour: ERM's, or the method's paired verdict against it."""
+
+
 def plot(path: str, rows: Sequence[dict], config: FamilyConfig) -> None:
     """Test accuracy per method (mean, std over seeds), one panel per
-    dataset × noise."""
+    dataset × noise: a row per dataset, a column per noise level."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(d, float(n)) for d in config.datasets for n in config.label_noises]
+    rows_, cols = len(config.datasets), len(config.label_noises)
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(4 + 2.2 * len(panels), 4), squeeze=False
+        rows_, cols, figsize=(1.5 + 4.5 * cols, 0.6 + 3.4 * rows_), squeeze=False
     )
-    for ax, (dataset, noise) in zip(axes[0], panels, strict=True):
+    panels = [(d, float(n)) for d in config.datasets for n in config.label_noises]
+    for ax, (dataset, noise) in zip(axes.ravel(), panels, strict=True):
         sel = [r for r in rows if r["dataset"] == dataset and r["noise"] == noise]
         means = [100 * r["mean"] for r in sel]
         stds = [0.0 if math.isnan(r["std"]) else 100 * r["std"] for r in sel]
-        ax.bar(range(len(sel)), means, yerr=stds, capsize=3, color="#4C72B0")
+        colours = [_VERDICT_COLOURS[r.get("verdict_erm", "erm")] for r in sel]
+        ax.bar(range(len(sel)), means, yerr=stds, capsize=3, color=colours)
+        for r, m in zip(sel, means, strict=True):
+            if r["method"] == "erm":
+                ax.axhline(m, color=_VERDICT_COLOURS["erm"], ls="--", lw=1)
         ax.set_xticks(
             range(len(sel)),
             [r["label"] for r in sel],
@@ -699,10 +789,23 @@ def plot(path: str, rows: Sequence[dict], config: FamilyConfig) -> None:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(
         f"chosen on {config.validation} validation accuracy; "
-        f"mean ± std over {len(config.seeds)} seeds",
+        f"mean ± std over {len(config.seeds)} seeds; against ERM (dashed), "
+        "paired 95% t interval",
         fontsize=9,
     )
-    fig.tight_layout()
+    from matplotlib.patches import Patch
+
+    fig.legend(
+        handles=[
+            Patch(color=c, label="ERM" if v == "erm" else f"{v} (vs ERM)")
+            for v, c in _VERDICT_COLOURS.items()
+        ],
+        loc="lower center",
+        ncol=len(_VERDICT_COLOURS),
+        fontsize=8,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -766,6 +766,9 @@ def select_flood_level(
         accurate models; with 100 validation points and 51 levels, ties are
         common.
 
+    A run whose final validation loss is NaN or infinite (it diverged)
+    ranks after every other, whatever accuracy its broken logits score.
+
     Returns:
       An index into ``flood_levels``.
 
@@ -789,8 +792,13 @@ def select_flood_level(
     final_loss, final_acc = np.asarray(loss)[:, -1], np.asarray(accuracy)[:, -1]
     levels = np.asarray(flood_levels, np.float64)
     second = final_loss if tie_break == "val_loss" else -levels
-    # lexsort: the last key sorts first. NaN losses (diverged runs) go last.
-    return int(np.lexsort((levels, second, -final_acc))[0])
+    # A run whose final validation loss is not finite has diverged: its
+    # logits are NaN or infinite, and its accuracy (NaN logits score as
+    # class 0) means nothing. It ranks after every finite run, whatever its
+    # accuracy, and is chosen only when every run diverged.
+    diverged = ~np.isfinite(final_loss)
+    # lexsort: the last key sorts first.
+    return int(np.lexsort((levels, second, -final_acc, diverged))[0])
 
 
 def _resolve_vectorized(vectorized: bool | str) -> bool:
