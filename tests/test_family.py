@@ -62,6 +62,10 @@ def _direct(name: str, h: float):
             None,
             optax.chain(optax.trace(decay=MOMENTUM), floodax.alternate(h, h / 10)),
         ),
+        "erm_rate": (
+            lambda losses: losses.mean(),
+            optax.with_extra_args_support(optax.sgd(h, momentum=MOMENTUM)),
+        ),
     }[name]
 
 
@@ -264,7 +268,8 @@ def _fake_cell(config, dataset, noise, method, seed, *, cells, progress):
             "test_accuracy": 0.73 + 0.02 * seed,
             "seconds": 1.5,
         }
-    base = {"erm": 0.70, "flood": 0.72, "sam": 0.69}[method]
+    base = {"erm": 0.70, "flood": 0.72, "sam": 0.69, "alternate": 0.75}
+    base = base.get(method, 0.74)  # erm_rate
     acc = base + 0.01 * seed + (0.005 * seed**2 if method == "flood" else 0.0)
     # Flooding's first value diverges on seed 1; every SAM run on seed 2.
     val_loss = [1.0, 0.9]
@@ -272,12 +277,13 @@ def _fake_cell(config, dataset, noise, method, seed, *, cells, progress):
         val_loss = [math.inf, 0.9]
     if (method, seed) == ("sam", 2):
         val_loss = [math.nan, math.nan]
+    grid = list(config.grid(method))  # ERM's one value, the others' two
     record = {
-        "grid": [0.1, 0.2],
-        "val_accuracy": [0.5, 0.6],
-        "val_loss": val_loss,
-        "test_accuracy": [0.0, acc],
-        "chosen_index": 1,
+        "grid": grid,
+        "val_accuracy": [0.5, 0.6][-len(grid) :],
+        "val_loss": val_loss[-len(grid) :],
+        "test_accuracy": [0.0, acc][-len(grid) :],
+        "chosen_index": len(grid) - 1,
         "chosen": 0.2 + seed,
         "chosen_test_accuracy": acc,
         "chosen_val_accuracy": 0.6,
@@ -294,6 +300,7 @@ FAKE = FamilyConfig(
     label_noises=(0.2,),
     methods=("erm", "flood", "sam"),
     seeds=(0, 1, 2),
+    grids=tuple((m, (0.1, 0.2)) for m in ("flood", "sam", "alternate", "erm_rate")),
 )
 
 
@@ -333,10 +340,11 @@ def test_tables_report_the_harness_numbers(tmp_path):
             assert fields[4].startswith(
                 f"{100 * diff.mean():.1f} ± {100 * diff.std(ddof=1):.1f}"
             )
-        diverged = {"erm": "0 of 6", "flood": "1 of 6"}.get(
+        diverged = {"erm": "0 of 3", "flood": "1 of 6"}.get(
             row["method"], "2 of 6 (all, on 1 seeds: chance accuracy)"
         )
-        assert fields[7] == diverged
+        assert fields[8] == diverged
+        assert fields[6] == "–"  # no control was run
     sam = next(r for r in results["rows"] if r["method"] == "sam")
     assert (sam["diverged"], sam["runs"], sam["chosen_diverged"]) == (2, 6, 1)
     # SAM is 1 point below ERM on every seed: the interval excludes 0.
@@ -397,6 +405,43 @@ def test_the_cache_skips_finished_cells_and_refuses_another_protocol(tmp_path):
         patch.setattr(jax, "default_backend", lambda: "gpu")
         with pytest.raises(ValueError, match=r"differs in \['backend', 'vectorized'\]"):
             run_family(FAKE, str(tmp_path), **kwargs)
+    # A grid is checked cell by cell: another flooding grid is refused,
+    # naming the cell, and a method added later trains only its own cells.
+    regrid = FamilyConfig(**{**FAKE.__dict__, "grids": (("flood", (0.5,)),)})
+    with pytest.raises(
+        ValueError, match=r"'digits\|0.2\|flood\|0' trained on the grid"
+    ):
+        run_family(regrid, str(tmp_path), **kwargs)
+    more = FamilyConfig(**{**FAKE.__dict__, "methods": (*FAKE.methods, "alternate")})
+    added = run_family(more, str(tmp_path), **kwargs)
+    assert added["trained"] == [f"digits|0.2|alternate|{s}" for s in range(3)]
+
+
+def test_a_method_is_compared_with_its_control(tmp_path):
+    """The alternating scheme's paired difference against ERM with its grid
+    as the rate (its control), beside those against ERM and flooding."""
+    config = FamilyConfig(
+        **{**FAKE.__dict__, "methods": ("erm", "flood", "alternate", "erm_rate")}
+    )
+    results = run_family(
+        config,
+        str(tmp_path),
+        progress=False,
+        train_cell=_fake_cell,
+        estimator=_no_estimate,
+    )
+    rows = {r["method"]: r for r in results["rows"]}
+    lines = {
+        r["method"]: [f.strip() for f in line.strip("|").split("|")]
+        for r, line in zip(
+            results["rows"], results["table"].splitlines()[2:], strict=True
+        )
+    }
+    # 0.75 against 0.74 on every seed: +1 point, no spread.
+    mean, std = rows["alternate"]["vs_control"]
+    assert (mean, std) == (pytest.approx(0.01), pytest.approx(0.0, abs=1e-12))
+    assert lines["alternate"][6] == "1.0 ± 0.0 (helps) against ERM, rate swept"
+    assert lines["erm_rate"][6] == lines["erm"][6] == "–"
 
 
 TINY = FamilyConfig(

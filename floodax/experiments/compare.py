@@ -127,6 +127,7 @@ class FamilyConfig:
         "gnp",
         "penalty",
         "alternate",
+        "erm_rate",
     )
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     epochs: int = 60
@@ -193,15 +194,15 @@ class FamilyConfig:
         return dict(self.grids).get(method, get_method(method).grid)
 
     def protocol(self) -> dict[str, Any]:
-        """The settings a cached cell depends on (not which cells to run):
-        the configuration's, the sweep strategy ``"auto"`` resolves to on
-        this backend (a cache begun on a CPU, where the grid runs one value
-        after another, is refused on an accelerator, where it runs under
-        ``vmap`` and rounds differently), and the registry's fixed
-        constants."""
+        """The settings every cached cell depends on (not which cells to
+        run): the configuration's, the sweep strategy ``"auto"`` resolves to
+        on this backend (a cache begun on a CPU, where the grid runs one
+        value after another, is refused on an accelerator, where it runs
+        under ``vmap`` and rounds differently), and the registry's fixed
+        constants. A method's grid is checked cell by cell instead (each
+        record holds its own), so adding a method keeps a cache."""
         skip = ("datasets", "label_noises", "methods", "seeds", "rule", "grids")
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        out["grids"] = {m: list(self.grid(m)) for m in self.methods}
         out["vectorized"] = _resolve_vectorized(self.vectorized)
         out["backend"] = jax.default_backend()
         out["constants"] = {
@@ -352,7 +353,16 @@ def load_cache(path: str, config: FamilyConfig) -> dict[str, dict]:
             f"the cache {path!r} was written under another protocol (differs in "
             f"{differ}); give another output folder or delete the cache."
         )
-    return cache["cells"]
+    cells = cache["cells"]
+    for key, cell in cells.items():
+        method = key.split("|")[2]
+        if method in config.methods and cell["grid"] != list(config.grid(method)):
+            raise ValueError(
+                f"the cache {path!r} holds {key!r} trained on the grid "
+                f"{cell['grid']}, not {list(config.grid(method))}; give another "
+                "output folder, or delete that method's cells from the cache."
+            )
+    return cells
 
 
 def _save_cache(path: str, config: FamilyConfig, cells: dict[str, dict]) -> None:
@@ -496,7 +506,8 @@ def _divergence(records: Sequence[dict]) -> dict[str, int]:
 def summarise(config: FamilyConfig, cells: dict[str, dict]) -> list[dict[str, Any]]:
     """One row per dataset × noise × method, over the seeds: the chosen
     value's test accuracy (mean, std), paired per-seed differences against
-    ERM and flooding, the chosen values, wall time, and the runs that
+    ERM, flooding and the method's control (:class:`Method`'s ``control``,
+    where it was run), the chosen values, wall time, and the runs that
     diverged (``diverged`` of ``runs``; ``chosen_diverged`` seeds on which
     every run did, so the chosen one too)."""
     rows = []
@@ -540,11 +551,18 @@ def summarise(config: FamilyConfig, cells: dict[str, dict]) -> list[dict[str, An
                         ]
                     ),
                 }
-                for other in ("erm", "flood"):
+                control = get_method(method).control
+                for key, other in (
+                    ("erm", "erm"),
+                    ("flood", "flood"),
+                    ("control", control),
+                ):
                     if other in config.methods and other != method:
                         diff = acc - accuracies(other)
-                        row[f"vs_{other}"] = _mean_std(diff)
-                        row[f"verdict_{other}"] = _verdict(diff)
+                        row[f"vs_{key}"] = _mean_std(diff)
+                        row[f"verdict_{key}"] = _verdict(diff)
+                if "vs_control" in row:
+                    row["control"] = get_method(control).label
                 rows.append(row)
     return rows
 
@@ -631,6 +649,7 @@ def format_table(rows: Sequence[dict]) -> str:
         "test acc. %",
         "vs ERM (paired)",
         "vs flooding (paired)",
+        "vs its control (paired)",
         "chosen per seed",
         "runs diverged",
         "wall s",
@@ -639,8 +658,10 @@ def format_table(rows: Sequence[dict]) -> str:
     for r in rows:
         versus = [
             f"{_pm(r[f'vs_{o}'])} ({r[f'verdict_{o}']})" if f"vs_{o}" in r else "–"
-            for o in ("erm", "flood")
+            for o in ("erm", "flood", "control")
         ]
+        if "control" in r:
+            versus[2] = f"{versus[2]} against {r['control']}"
         chosen = ", ".join(f"{c:g}" for c in r["chosen"])
         lines.append(
             [

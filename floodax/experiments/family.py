@@ -4,7 +4,8 @@ Every entry of :data:`FAMILY` says how its method trains from one number ``h``
 and which values of ``h`` to try: either a training objective of the
 per-example losses (ERM, iFlood, AdaFlood, SoftAD) or an optax transformation
 injected with ``optax.inject_hyperparams`` (flooding, SAM, ASAM, GSAM, GNP,
-the explicit penalty, the alternating scheme). ``h`` is array state in both
+the explicit penalty, the alternating scheme and its control, ERM with the
+learning rate swept over the same grid). ``h`` is array state in both
 cases, never static, so one compiled epoch trains every value of a grid, one
 after another or all at once under ``jax.vmap``
 (:func:`floodax.experiments.sweep_flood_levels`, which takes a method's name
@@ -43,6 +44,9 @@ GSAM_ALPHA = 0.1
 ASCENT_RATIO = 10.0
 """The alternating scheme's ``ε1 = 10·ε2``, the ratio of the BERT runs'
 descent rate 1e-5 and ascent rate 1e-6."""
+RATE_GRID = (0.02, 0.05, 0.1, 0.2, 0.3)
+"""The alternating scheme's ε1 (floodax's, around the protocol's SGD rate
+0.1), and the rate of its control, ERM with the rate swept."""
 
 
 def _mean(losses: jax.Array, level: jax.Array, aux: jax.Array | None) -> jax.Array:
@@ -109,6 +113,11 @@ def _alternating(descent_rate) -> optax.GradientTransformationExtraArgs:
     return floodax.alternate(descent_rate, descent_rate / ASCENT_RATIO)
 
 
+def _rate(learning_rate) -> optax.GradientTransformation:
+    # After optax.trace(momentum): optax.sgd(learning_rate, momentum).
+    return optax.scale(-learning_rate)
+
+
 class Method(NamedTuple):
     """One member of the family, trained from one hyperparameter ``h``.
 
@@ -143,6 +152,10 @@ class Method(NamedTuple):
       cost: gradients per step (SAM's two, the exact penalty's three),
         for run-time estimates.
       reference: where its form and grid come from.
+      control: the entry that tells what this one adds from what comes with
+        it, or ``None``: the alternating scheme's is ERM with its ε1 grid as
+        the learning rate, since its choice of ε1 is also a choice of step
+        size. Tables give the paired difference against it.
 
     Examples:
       A new member is one entry; here flooding of the summed loss:
@@ -171,6 +184,7 @@ class Method(NamedTuple):
     value_fn: bool = False
     cost: float = 1.0
     reference: str = ""
+    control: str | None = None
 
 
 FAMILY: dict[str, Method] = {
@@ -279,11 +293,23 @@ FAMILY: dict[str, Method] = {
             "alternating ε1/ε2",
             "ε1",
             "descent_rate",
-            (0.02, 0.05, 0.1, 0.2, 0.3),
+            RATE_GRID,
             transform=_alternating,
             final=True,
             reference="descent ε1 then ascent ε2 = ε1/10 (the BERT runs' ratio); "
             "ε1 grid: floodax's, around the SGD rate",
+            control="erm_rate",
+        ),
+        Method(
+            "erm_rate",
+            "ERM, rate swept",
+            "η",
+            "learning_rate",
+            RATE_GRID,
+            transform=_rate,
+            final=True,
+            reference="the alternating scheme's control: SGD with momentum at "
+            "its ε1 grid",
         ),
     )
 }
