@@ -502,14 +502,23 @@ def test_a_resumed_run_equals_an_uninterrupted_one(uninterrupted, tmp_path):
 
 
 def test_estimate_counts_each_methods_runs_and_gradients(monkeypatch):
-    """One timed run per dataset, times each cell's runs and gradients."""
-    monkeypatch.setattr(harness, "estimate_seconds", lambda *a, **k: 1.0)
+    """One timing per dataset; per cell one compile, then each run's epochs
+    times its method's gradients per step."""
+    monkeypatch.setattr(harness, "cell_timing", lambda config, dataset: (2.0, 0.01))
     config = FamilyConfig(methods=("erm", "flood", "sam", "adaflood"))
     methods = ("erm", "flood", "sam", "adaflood", "rule", "rule_logged")
     cells = [("digits", 0.0, m, 0) for m in methods]
     # ERM 1 run; flooding 10; SAM 6 at two gradients; AdaFlood 7 + 5 folds;
-    # each rule 1.
-    assert harness.estimate(config, cells) == 1 + 10 + 12 + 12 + 1 + 1
+    # each rule 1; 60 epochs a run at 0.01 s, and 2 s to compile each cell.
+    runs = 1 + 10 + 12 + 12 + 1 + 1
+    assert harness.estimate(config, cells) == pytest.approx(6 * 2.0 + runs * 0.6)
+
+
+def test_cell_timing_times_the_compiled_epoch():
+    """The first epoch compiles; the others reuse the program, so they are
+    faster, and their time is what a run's every epoch costs."""
+    compile_s, epoch_s = harness.cell_timing(TINY, "digits")
+    assert compile_s > epoch_s > 0
 
 
 def test_demo_compare_prints_the_tables_and_writes_the_png(

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import floodax
@@ -50,7 +51,6 @@ from floodax._names import DATASETS
 from floodax._progress import Progress, progress_bar
 from floodax._validation import check_int, check_real
 from floodax.experiments.datasets import load_dataset
-from floodax.experiments.demo import estimate_seconds
 from floodax.experiments.family import (
     ASCENT_RATIO,
     GNP_RADIUS,
@@ -61,7 +61,9 @@ from floodax.experiments.models import MODEL_KINDS, make_model
 from floodax.experiments.training import (
     SweepResult,
     TrainConfig,
+    _compiled,
     _resolve_vectorized,
+    _Runner,
     heldout_losses,
     sweep_flood_levels,
     train,
@@ -372,21 +374,38 @@ def _save_cache(path: str, config: FamilyConfig, cells: dict[str, dict]) -> None
     os.replace(tmp, path)
 
 
+def cell_timing(config: FamilyConfig, dataset: str) -> tuple[float, float]:
+    """``(compile_s, epoch_s)``: the seconds one ERM run of ``dataset`` takes
+    to compile, and per epoch once compiled (the median of three), timed on
+    the jitted epoch a cell runs. A few seconds."""
+    data = load_dataset(dataset, seed=0)
+    model = make_model(data, config.model, width=config.width, depth=config.depth)
+    runner = _Runner(model, data, _train_config(config, "erm", 0))
+    epoch_fn, initial, _ = _compiled(runner, batched=False)
+    carry = initial(runner.init_state, jnp.float32(0.0))
+    seconds = []
+    for epoch in range(4):
+        start = time.perf_counter()
+        state, run, metrics = epoch_fn(*carry, jnp.asarray(epoch), runner.data)
+        jax.block_until_ready(metrics)
+        seconds.append(time.perf_counter() - start)
+        carry = (state, run)
+    epoch_s = float(np.median(seconds[1:]))
+    return max(0.0, seconds[0] - epoch_s), epoch_s
+
+
 def estimate(config: FamilyConfig, pending: Sequence[tuple]) -> float:
-    """Seconds the ``pending`` cells should take on this machine: one timed
-    training step per dataset (:func:`floodax.experiments.demo.estimate_seconds`),
-    times each cell's runs and its method's gradients per step."""
-    per_run = {}
-    for dataset in sorted({c[0] for c in pending}):
-        data = load_dataset(dataset, seed=0)
-        model = make_model(data, config.model, width=config.width, depth=config.depth)
-        per_run[dataset] = estimate_seconds(
-            model, data, _train_config(config, "erm", 0), 1, 0
-        )
+    """Seconds the ``pending`` cells should take on this machine: per
+    dataset one timed ERM run (:func:`cell_timing`); per cell one compile
+    and, for each run of its grid (and AdaFlood's folds), its epochs times
+    its method's gradients per step. Runs one after another: under ``vmap``
+    (``vectorized=True``, an accelerator's default) it overestimates."""
+    timing = {d: cell_timing(config, d) for d in sorted({c[0] for c in pending})}
     total = 0.0
     for dataset, _, method, _ in pending:
+        compile_s, epoch_s = timing[dataset]
         cost = 1.0 if method in RULE_SOURCES else get_method(method).cost
-        total += per_run[dataset] * cost * _units(config, method) / config.epochs
+        total += compile_s + epoch_s * cost * _units(config, method)
     return total
 
 
