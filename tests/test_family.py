@@ -379,6 +379,12 @@ def test_tables_report_the_harness_numbers(tmp_path):
         erm_seconds = sum(2.0 + s for s in range(3))
         assert rule["rule_seconds"] == pytest.approx(erm_seconds + seconds)
     assert os.path.getsize(results["png"]) > 0
+    # Every cell's own time: ERM 2 + s, the rules 1 and 1.5, by seed.
+    assert results["seconds_all"] == pytest.approx(
+        sum(3 * (2.0 + s) + 1.0 + 1.5 for s in range(3))
+    )
+    took = f"The 15 cells took {results['seconds_all']:.0f} s of training"
+    assert took in open(results["markdown"]).read()
 
 
 def test_the_cache_skips_finished_cells_and_refuses_another_protocol(tmp_path):

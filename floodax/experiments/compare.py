@@ -426,8 +426,10 @@ def run_family(
     ``train_cell`` (:func:`run_cell` by default) trains one cell.
 
     Returns ``{"cells", "rows", "rule_rows", "table", "rule_table",
-    "markdown", "png", "estimated_seconds", "trained"}``: ``trained`` lists
-    the cells trained by this call (the others came from the cache).
+    "markdown", "png", "estimated_seconds", "seconds_all", "trained"}``:
+    ``trained`` lists the cells trained by this call (the others came from
+    the cache); ``seconds_all`` sums every cell's training time, whichever
+    sitting trained it.
 
     Examples:
       >>> import tempfile
@@ -447,7 +449,7 @@ def run_family(
     cells = load_cache(path, config)
     pending = [c for c in _cells(config) if cell_key(*c) not in cells]
     seconds = estimator(config, pending) if pending else 0.0
-    when = f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.0f} min"
+    when = _duration(seconds)
     print(
         f"family: {len(pending)} of {len(_cells(config))} cells to train "
         f"(the rest cached in {path}); estimated {when} on this machine"
@@ -466,13 +468,16 @@ def run_family(
             _save_cache(path, config, cells)
     rows = summarise(config, cells)
     rule_rows = summarise_rule(config, cells) if config.rule else []
+    seconds_all = sum(cells[cell_key(*c)]["seconds"] for c in _cells(config))
     table = format_table(rows)
     rule_table = format_rule_table(rule_rows) if config.rule else ""
     png = os.path.join(out, "family.png")
     plot(png, rows, config)
     markdown = os.path.join(out, "family.md")
     with open(markdown, "w") as f:
-        f.write(_markdown(config, command, table, rule_table, rows, rule_rows))
+        f.write(
+            _markdown(config, command, table, rule_table, rows, rule_rows, seconds_all)
+        )
     return {
         "cells": cells,
         "rows": rows,
@@ -482,6 +487,7 @@ def run_family(
         "markdown": markdown,
         "png": png,
         "estimated_seconds": seconds,
+        "seconds_all": seconds_all,
         "trained": trained,
     }
 
@@ -733,7 +739,15 @@ def format_rule_table(rows: Sequence[dict]) -> str:
     return _markdown_table(header, lines)
 
 
-def _markdown(config, command, table, rule_table, rows, rule_rows) -> str:
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _markdown(config, command, table, rule_table, rows, rule_rows, seconds) -> str:
     worse = [
         f"{r['label']} ({r['dataset']}, noise {r['noise']:g})"
         for r in rows
@@ -749,6 +763,10 @@ def _markdown(config, command, table, rule_table, rows, rule_rows) -> str:
         f"{config.validation} validation accuracy; the test split is not used "
         "to choose. Paired differences are per seed, in points of accuracy; "
         "'helps'/'hurts' where the paired 95% t interval excludes 0.",
+        "",
+        f"The {len(_cells(config))} cells took {_duration(seconds)} of "
+        "training in all (each cell's own time, summed over the sittings that "
+        "trained them; 'wall s' sums a row's seeds).",
         "",
         table,
         "",
