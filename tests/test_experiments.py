@@ -566,7 +566,7 @@ def test_tie_breaks_on_real_ties():
     # even when its broken logits score the best accuracy; with every run
     # diverged, accuracy chooses among them.
     broken = history._replace(
-        val_clean_accuracy=np.array([[0, 0.3], [0, 0.99], [0, 0.5], [0, 0.4]]),
+        val_clean_accuracy=np.array([[0, 0.3], [0, 0.99], [0, 0.5], [0, 0.95]]),
         val_clean_loss=np.array([[0, 0.2], [0, np.nan], [0, 0.9], [0, np.inf]]),
     )
     assert select_flood_level(broken, levels) == 2

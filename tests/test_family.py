@@ -160,8 +160,9 @@ def test_adaflood_entry_is_iflood_at_adaflood_levels():
         ({"learning_rate": -0.1}, ValueError, "`learning_rate`"),
         ({"seeds": (0, 1, 0)}, ValueError, "`seeds` must not repeat"),
         ({"methods": ("erm", "erm")}, ValueError, "`methods` must not repeat"),
-        # Equal to 6 digits: they would share one cache key.
-        ({"label_noises": (0.2, 0.2000001)}, ValueError, "`label_noises` must not"),
+        ({"label_noises": (0.2, 0.2)}, ValueError, "`label_noises` must not"),
+        # The cache key writes 6 digits: it would be 0.2's.
+        ({"label_noises": (0.2000001,)}, ValueError, "at most 6 significant"),
     ],
 )
 def test_bad_family_configs_are_refused_naming_the_field(change, error, message):
@@ -341,7 +342,7 @@ def test_tables_report_the_harness_numbers(tmp_path):
                 f"{100 * diff.mean():.1f} ± {100 * diff.std(ddof=1):.1f}"
             )
         diverged = {"erm": "0 of 3", "flood": "1 of 6"}.get(
-            row["method"], "2 of 6 (all, on 1 seeds: chance accuracy)"
+            row["method"], "2 of 6 (all, on 1 seeds: accuracy meaningless)"
         )
         assert fields[8] == diverged
         assert fields[6] == "–"  # no control was run
@@ -413,7 +414,12 @@ def test_the_cache_skips_finished_cells_and_refuses_another_protocol(tmp_path):
             run_family(FAKE, str(tmp_path), **kwargs)
     # A grid is checked cell by cell: another flooding grid is refused,
     # naming the cell, and a method added later trains only its own cells.
-    regrid = FamilyConfig(**{**FAKE.__dict__, "grids": (("flood", (0.5,)),)})
+    regrid = FamilyConfig(
+        **{
+            **FAKE.__dict__,
+            "grids": tuple({**dict(FAKE.grids), "flood": (0.1, 0.3)}.items()),
+        }
+    )
     with pytest.raises(
         ValueError, match=r"'digits\|0.2\|flood\|0' trained on the grid"
     ):
@@ -448,6 +454,15 @@ def test_a_method_is_compared_with_its_control(tmp_path):
     assert (mean, std) == (pytest.approx(0.01), pytest.approx(0.0, abs=1e-12))
     assert lines["alternate"][6] == "1.0 ± 0.0 (helps) against ERM, rate swept"
     assert lines["erm_rate"][6] == lines["erm"][6] == "–"
+    # The figure colours a bar by its verdict against ERM; with no ERM run,
+    # no bar takes ERM's grey.
+    grey = harness._VERDICT_COLOURS["erm"]
+    assert harness._bar_colours(results["rows"])[0] == grey
+    assert harness._bar_colours(results["rows"][1:]).count(grey) == 0
+    no_erm = [
+        {k: v for k, v in r.items() if k != "verdict_erm"} for r in results["rows"][1:]
+    ]
+    assert grey not in harness._bar_colours(no_erm)
 
 
 TINY = FamilyConfig(

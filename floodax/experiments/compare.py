@@ -163,18 +163,26 @@ class FamilyConfig:
             )
         for seed in self.seeds:
             check_int("seeds", seed, minimum=0)
+        # A cell's key writes its noise level to 6 significant digits: a
+        # level with more would be confused with its rounding, across
+        # sittings too.
+        for noise in self.label_noises:
+            if float(f"{noise:g}") != noise:
+                raise ValueError(
+                    "`label_noises` must have at most 6 significant digits (the "
+                    f"cache keys write them so), got {noise!r}; round it."
+                )
         # A repeat would count one seed twice in the means and the paired
-        # tests; two noise levels equal to 6 digits would share cache keys.
+        # tests.
         for name, keys in (
             ("datasets", self.datasets),
-            ("label_noises", [f"{n:g}" for n in self.label_noises]),
+            ("label_noises", self.label_noises),
             ("methods", self.methods),
             ("seeds", self.seeds),
         ):
             if len(set(keys)) != len(keys):
                 raise ValueError(
-                    f"`{name}` must not repeat a value (label noises are told "
-                    f"apart to 6 significant digits), got {getattr(self, name)}."
+                    f"`{name}` must not repeat a value, got {getattr(self, name)}."
                 )
         if self.model not in MODEL_KINDS:
             raise ValueError(
@@ -398,8 +406,10 @@ def estimate(config: FamilyConfig, pending: Sequence[tuple]) -> float:
     """Seconds the ``pending`` cells should take on this machine: per
     dataset one timed ERM run (:func:`cell_timing`); per cell one compile
     and, for each run of its grid (and AdaFlood's folds), its epochs times
-    its method's gradients per step. Runs one after another: under ``vmap``
-    (``vectorized=True``, an accelerator's default) it overestimates."""
+    its method's gradients per step. It counts a grid's values as trained one
+    after another, as a CPU does (under ``vmap``, ``vectorized=True``, an
+    accelerator's default, it overestimates), and AdaFlood's folds, which
+    train together under ``vmap``, as one run each."""
     timing = {d: cell_timing(config, d) for d in sorted({c[0] for c in pending})}
     total = 0.0
     for dataset, _, method, _ in pending:
@@ -661,7 +671,7 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 def _diverged_cell(row: dict) -> str:
     cell = f"{row['diverged']} of {row['runs']}"
     if row["chosen_diverged"]:
-        cell += f" (all, on {row['chosen_diverged']} seeds: chance accuracy)"
+        cell += f" (all, on {row['chosen_diverged']} seeds: accuracy meaningless)"
     return cell
 
 
@@ -807,8 +817,19 @@ _VERDICT_COLOURS = {
     "no clear difference": "#4C72B0",
     "hurts": "#C44E52",
     "one seed": "#CCB974",
+    "no ERM run": "#4C72B0",
 }
 """A bar's colour: ERM's, or the method's paired verdict against it."""
+_LEGEND = {"erm": "ERM", "no ERM run": "ERM not run: no verdict"}
+
+
+def _bar_colours(rows: Sequence[dict]) -> list[str]:
+    return [
+        _VERDICT_COLOURS[
+            "erm" if r["method"] == "erm" else r.get("verdict_erm", "no ERM run")
+        ]
+        for r in rows
+    ]
 
 
 def plot(path: str, rows: Sequence[dict], config: FamilyConfig) -> None:
@@ -828,7 +849,7 @@ def plot(path: str, rows: Sequence[dict], config: FamilyConfig) -> None:
         sel = [r for r in rows if r["dataset"] == dataset and r["noise"] == noise]
         means = [100 * r["mean"] for r in sel]
         stds = [0.0 if math.isnan(r["std"]) else 100 * r["std"] for r in sel]
-        colours = [_VERDICT_COLOURS[r.get("verdict_erm", "erm")] for r in sel]
+        colours = _bar_colours(sel)
         ax.bar(range(len(sel)), means, yerr=stds, capsize=3, color=colours)
         for r, m in zip(sel, means, strict=True):
             if r["method"] == "erm":
@@ -845,21 +866,23 @@ def plot(path: str, rows: Sequence[dict], config: FamilyConfig) -> None:
         ax.set_title(f"{dataset}, label noise {noise:g}", fontsize=9)
         ax.set_ylabel("clean test accuracy, %")
         ax.grid(axis="y", alpha=0.3)
+    versus = "; against ERM (dashed), paired 95% t interval"
+    has_erm = "erm" in config.methods
     fig.suptitle(
         f"chosen on {config.validation} validation accuracy; "
-        f"mean ± std over {len(config.seeds)} seeds; against ERM (dashed), "
-        "paired 95% t interval",
+        f"mean ± std over {len(config.seeds)} seeds" + (versus if has_erm else ""),
         fontsize=9,
     )
     from matplotlib.patches import Patch
 
+    shown = ("no ERM run",) if not has_erm else tuple(_VERDICT_COLOURS)[:-1]
     fig.legend(
         handles=[
-            Patch(color=c, label="ERM" if v == "erm" else f"{v} (vs ERM)")
-            for v, c in _VERDICT_COLOURS.items()
+            Patch(color=_VERDICT_COLOURS[v], label=_LEGEND.get(v, f"{v} (vs ERM)"))
+            for v in shown
         ],
         loc="lower center",
-        ncol=len(_VERDICT_COLOURS),
+        ncol=len(shown),
         fontsize=8,
         frameon=False,
     )
