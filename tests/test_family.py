@@ -503,8 +503,8 @@ def test_real_cells_choose_on_validation_and_the_rule_reads_erm(uninterrupted):
             rule = cells[f"digits|0.2|{name}|{seed}"]
             assert rule["flood_level"] == suggestion.flood_level
             assert len(erm[curve]) == TINY.epochs
-        # The logged mean runs over the epoch, so it lags the loss at the
-        # epoch's end while the model improves.
+        # The two readings differ: in the first epoch the logged mean
+        # includes the untrained model's losses.
         assert erm["step_loss"][0] > erm["train_loss"][0]
 
 

@@ -28,8 +28,9 @@ at it, and the second table compares its ``b`` and test accuracy with what
 the flooding sweep chose. "The training loss" is read two ways, each a cell
 of its own: the training split's loss evaluated at each epoch's end, and
 the mean of the epoch's mini-batch losses, which is what a training log
-prints and what flooding compares with ``b`` (it is higher while the model
-improves during the epoch).
+prints and what flooding compares with ``b``. The two differ: the mean lags
+the model's improvement during the epoch, and in the MLP's batch norm it
+sees each batch's statistics where the evaluation uses the running ones.
 """
 
 from __future__ import annotations
