@@ -62,6 +62,12 @@ def main() -> None:
     parser.add_argument(
         "--out", default=os.path.join(os.path.dirname(__file__), "results", "family")
     )
+    parser.add_argument(
+        "--name",
+        default="family",
+        help="write --out/NAME.md and NAME.png: a report of part of the cache "
+        "(fewer seeds or datasets) beside the full one",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     config = FamilyConfig(
@@ -90,7 +96,11 @@ def main() -> None:
         )
     print(f"machine: {describe()}")
     results = run_family(
-        config, args.out, command=command(__file__), progress=not args.no_progress
+        config,
+        args.out,
+        command=command(__file__),
+        progress=not args.no_progress,
+        name=args.name,
     )
     print(f"\n{results['table']}\n\n{results['rule_table']}")
     print(f"\nwrote {results['markdown']} and {results['png']}")

@@ -403,6 +403,10 @@ def test_the_cache_skips_finished_cells_and_refuses_another_protocol(tmp_path):
     assert len(calls) == 15 and all(c[3] != 0 for c in calls[5:])
     assert len(second["trained"]) == 10
     assert run_family(FAKE, str(tmp_path), **kwargs)["trained"] == []
+    # A report of part of the cache, under its own name, trains nothing.
+    part = run_family(small, str(tmp_path), name="seed0", **kwargs)
+    assert part["trained"] == [] and part["markdown"] == str(tmp_path / "seed0.md")
+    assert os.path.exists(tmp_path / "seed0.png")
     other = FamilyConfig(**{**FAKE.__dict__, "epochs": 7})
     with pytest.raises(ValueError, match=r"another protocol \(differs in \['epochs'\]"):
         run_family(other, str(tmp_path), **kwargs)

@@ -426,11 +426,14 @@ def run_family(
     *,
     command: str = "",
     progress: bool = True,
+    name: str = "family",
     train_cell: Callable[..., dict] = run_cell,
     estimator: Callable[[FamilyConfig, Sequence[tuple]], float] = estimate,
 ) -> dict[str, Any]:
     """Runs every cell not yet in ``out/cache.json``, then writes the tables
-    (``out/family.md``) and the figure (``out/family.png``).
+    (``out/family.md``) and the figure (``out/family.png``; ``name`` in
+    place of ``family``: a report of part of a cache another configuration
+    shares, such as fewer seeds).
 
     Prints an estimate of the time the missing cells take (``estimator``,
     :func:`estimate` by default) and draws a progress bar of their epochs.
@@ -482,9 +485,9 @@ def run_family(
     seconds_all = sum(cells[cell_key(*c)]["seconds"] for c in _cells(config))
     table = format_table(rows)
     rule_table = format_rule_table(rule_rows) if config.rule else ""
-    png = os.path.join(out, "family.png")
+    png = os.path.join(out, f"{name}.png")
     plot(png, rows, config)
-    markdown = os.path.join(out, "family.md")
+    markdown = os.path.join(out, f"{name}.md")
     with open(markdown, "w") as f:
         f.write(
             _markdown(config, command, table, rule_table, rows, rule_rows, seconds_all)
