@@ -222,8 +222,9 @@ def _add_demo(commands) -> None:
         "--compare",
         action="store_true",
         help="instead of the demo, compare ERM, flooding, SoftAD and SAM on the "
-        "digits (three seeds from --seed, each grid chosen on validation; a few "
-        "minutes); benchmarks/family.py runs the whole family. Takes --seed, "
+        "digits (three seeds from --seed, each grid chosen on validation; about "
+        "2 minutes on 2 cores); benchmarks/family.py runs the whole family. "
+        "Takes --seed, "
         "--out and --no-progress only",
     )
     demo.add_argument("--seed", type=int, default=0, help="data, model and shuffling")

@@ -570,3 +570,25 @@ def test_demo_compare_refuses_the_flags_it_does_not_take(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--compare", "--epochs", "3", "--out", str(tmp_path)])
     assert "drop --epochs" in capsys.readouterr().err
+
+
+def test_a_cnn_cell_trains_the_cnn_it_names():
+    """``model="cnn"`` reaches the cell: its ERM record is a CNN's run, the
+    one ``train`` gives the CNN ``make_model`` builds, not the MLP's."""
+    from floodax.experiments import CNN, load_dataset, make_model, train
+
+    config = FamilyConfig(**{**TINY.__dict__, "epochs": 2, "model": "cnn", "width": 4})
+    record = harness.run_cell(config, "digits", 0.2, "erm", 0)
+    data = load_dataset("digits", seed=0, label_noise=0.2)
+    for kind, same in (("cnn", True), ("mlp", False)):
+        model = make_model(data, kind, width=4, depth=1, seed=0)
+        assert isinstance(model, CNN) == same
+        result = train(
+            model,
+            data,
+            harness._train_config(config, "erm", 0),
+            test_every=2,
+            progress=False,
+        )
+        loss = result.history.val_loss[-1]
+        assert (abs(record["val_loss"][0] - loss) < 1e-6) == same
