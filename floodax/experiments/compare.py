@@ -896,7 +896,7 @@ def plot(path: str, rows: Sequence[dict], config: FamilyConfig) -> None:
         fontsize=8,
         frameon=False,
     )
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, 0.03, 1, 0.985))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
