@@ -559,17 +559,16 @@ def summarise(config: FamilyConfig, cells: dict[str, dict]) -> list[dict[str, An
     for dataset in config.datasets:
         for noise in config.label_noises:
 
-            def accuracies(method, dataset=dataset, noise=noise):
-                return np.asarray(
-                    [
-                        cells[cell_key(dataset, noise, method, s)][
-                            "chosen_test_accuracy"
-                        ]
-                        for s in config.seeds
-                    ]
-                )
+            def records(method, dataset=dataset, noise=noise):
+                return [
+                    cells[cell_key(dataset, noise, method, s)] for s in config.seeds
+                ]
+
+            def accuracies(method):
+                return np.asarray([r["chosen_test_accuracy"] for r in records(method)])
 
             for method in config.methods:
+                seeds = records(method)
                 acc = accuracies(method)
                 mean, std = _mean_std(acc)
                 row = {
@@ -581,20 +580,9 @@ def summarise(config: FamilyConfig, cells: dict[str, dict]) -> list[dict[str, An
                     "test_accuracy": acc.tolist(),
                     "mean": mean,
                     "std": std,
-                    "chosen": [
-                        cells[cell_key(dataset, noise, method, s)]["chosen"]
-                        for s in config.seeds
-                    ],
-                    "seconds": sum(
-                        cells[cell_key(dataset, noise, method, s)]["seconds"]
-                        for s in config.seeds
-                    ),
-                    **_divergence(
-                        [
-                            cells[cell_key(dataset, noise, method, s)]
-                            for s in config.seeds
-                        ]
-                    ),
+                    "chosen": [r["chosen"] for r in seeds],
+                    "seconds": sum(r["seconds"] for r in seeds),
+                    **_divergence(seeds),
                 }
                 control = get_method(method).control
                 for key, other in (
@@ -631,12 +619,13 @@ def summarise_rule(config: FamilyConfig, cells: dict[str, dict]) -> list[dict]:
 
             sweep_acc = get("flood", "chosen_test_accuracy")
             sweep_mean, sweep_std = _mean_std(sweep_acc)
+            sweep_b = _mean_std(get("flood", "chosen"))
+            sweep_seconds = float(get("flood", "seconds").sum())
+            erm_seconds = float(get("erm", "seconds").sum())
             for rule, (_, source) in RULE_SOURCES.items():
                 rule_acc = get(rule, "test_accuracy")
                 rule_mean, rule_std = _mean_std(rule_acc)
-                rule_seconds = float(
-                    get("erm", "seconds").sum() + get(rule, "seconds").sum()
-                )
+                rule_seconds = erm_seconds + float(get(rule, "seconds").sum())
                 within = np.abs(rule_acc - sweep_acc) <= sweep_std
                 rows.append(
                     {
@@ -645,7 +634,7 @@ def summarise_rule(config: FamilyConfig, cells: dict[str, dict]) -> list[dict]:
                         "rule": rule,
                         "source": source,
                         "rule_b": _mean_std(get(rule, "flood_level")),
-                        "sweep_b": _mean_std(get("flood", "chosen")),
+                        "sweep_b": sweep_b,
                         "rule_accuracy": (rule_mean, rule_std),
                         "sweep_accuracy": (sweep_mean, sweep_std),
                         "vs_sweep": _mean_std(rule_acc - sweep_acc),
@@ -656,7 +645,7 @@ def summarise_rule(config: FamilyConfig, cells: dict[str, dict]) -> list[dict]:
                         "seeds_within": int(within.sum()),
                         "rises": int(get(rule, "validation_loss_rises").sum()),
                         "rule_seconds": rule_seconds,
-                        "sweep_seconds": float(get("flood", "seconds").sum()),
+                        "sweep_seconds": sweep_seconds,
                         "rule_runs": 2,
                         "sweep_runs": len(config.grid("flood")),
                     }
@@ -885,7 +874,11 @@ def plot(path: str, rows: Sequence[dict], config: FamilyConfig) -> None:
     )
     from matplotlib.patches import Patch
 
-    shown = ("no ERM run",) if not has_erm else tuple(_VERDICT_COLOURS)[:-1]
+    shown = (
+        tuple(v for v in _VERDICT_COLOURS if v != "no ERM run")
+        if has_erm
+        else ("no ERM run",)
+    )
     fig.legend(
         handles=[
             Patch(color=_VERDICT_COLOURS[v], label=_LEGEND.get(v, f"{v} (vs ERM)"))
